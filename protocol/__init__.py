@@ -1,0 +1,5 @@
+"""quicpair's protocol core: sans-I/O, bytes and events in, bytes and events out.
+
+Nothing here opens a socket, starts a thread or reads the clock: time and
+randomness are parameters. See docs/PROTOCOL.md for the wire specification.
+"""
