@@ -27,19 +27,19 @@ from __future__ import annotations
 import enum
 
 __all__ = [
-    "ErrorCode",
-    "QuicpairError",
-    "ProtocolError",
-    "LocalProtocolError",
-    "RemoteProtocolError",
-    "FrameError",
-    "SealError",
-    "PairingFailed",
     "CodeFormatError",
-    "IdentityError",
-    "RegistryError",
-    "PeerUnreachable",
     "ConfigError",
+    "ErrorCode",
+    "FrameError",
+    "IdentityError",
+    "LocalProtocolError",
+    "PairingFailed",
+    "PeerUnreachable",
+    "ProtocolError",
+    "QuicpairError",
+    "RegistryError",
+    "RemoteProtocolError",
+    "SealError",
     "describe_code",
 ]
 

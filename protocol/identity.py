@@ -14,10 +14,10 @@ import datetime
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import total_ordering
 from pathlib import Path
-from typing import Callable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from .errors import IdentityError
 
-__all__ = ["NodeId", "Identity", "node_id_from_certificate", "NODE_ID_SIZE"]
+__all__ = ["NODE_ID_SIZE", "Identity", "NodeId", "node_id_from_certificate"]
 
 NODE_ID_SIZE = 32
 _TEXT_LEN = 52  # ceil(32 * 8 / 5)
@@ -195,7 +195,7 @@ class Identity:
         number comes from ``rand``.
         """
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.node_id.text)])
-        start = datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc)
+        start = datetime.datetime.fromtimestamp(now, tz=datetime.UTC)
         serial = int.from_bytes(rand(16), "big") >> 1 or 1
         builder = (
             x509.CertificateBuilder()

@@ -20,36 +20,36 @@ inner messages) are encoded with the same codec, then sealed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "PAKE_MESSAGE_SIZE",
     "MAC_SIZE",
-    "NONCE_SIZE",
     "MAX_ADDRESSES",
     "MAX_ADDRESS_LEN",
-    "MAX_NAME_LEN",
     "MAX_APP_PAYLOAD",
-    "meta",
-    "PairRequest",
-    "PairChallenge",
-    "PairResponse",
-    "PairComplete",
-    "PairDone",
-    "PairCommit",
-    "PairReject",
-    "PairResolve",
+    "MAX_NAME_LEN",
+    "MESSAGE_TYPES",
+    "NONCE_SIZE",
+    "PAKE_MESSAGE_SIZE",
+    "PROTOCOL_VERSION",
     "DeviceInfo",
-    "LinkHello",
-    "LinkSealed",
-    "LinkAppData",
     "LinkAddresses",
+    "LinkAppData",
+    "LinkHello",
+    "LinkInner",
+    "LinkSealed",
     "LinkUnpair",
     "Message",
+    "PairChallenge",
+    "PairCommit",
+    "PairComplete",
+    "PairDone",
+    "PairReject",
+    "PairRequest",
+    "PairResolve",
+    "PairResponse",
     "PairingMessage",
-    "LinkInner",
-    "MESSAGE_TYPES",
+    "meta",
 ]
 
 #: The version in every frame; also the ``/1`` of the ALPNs.
@@ -119,7 +119,10 @@ class PairResponse:
 
 @dataclass(frozen=True, slots=True)
 class PairComplete:
-    """Initiator -> joiner: the initiator's sealed DeviceInfo; the initiator has stored the joiner as pending."""
+    """Initiator -> joiner: the initiator's sealed DeviceInfo.
+
+    Sent once the initiator has stored the joiner as pending.
+    """
 
     TAG: ClassVar[int] = 4
     #: DeviceInfo sealed with the initiator's send key, sequence 0.
@@ -229,18 +232,18 @@ class LinkUnpair:
     TAG: ClassVar[int] = 20
 
 
-PairingMessage = Union[
-    PairRequest,
-    PairChallenge,
-    PairResponse,
-    PairComplete,
-    PairDone,
-    PairCommit,
-    PairReject,
-    PairResolve,
-]
-LinkInner = Union[LinkAppData, LinkAddresses, LinkUnpair]
-Message = Union[PairingMessage, DeviceInfo, LinkHello, LinkSealed, LinkInner]
+PairingMessage = (
+    PairRequest
+    | PairChallenge
+    | PairResponse
+    | PairComplete
+    | PairDone
+    | PairCommit
+    | PairReject
+    | PairResolve
+)
+LinkInner = LinkAppData | LinkAddresses | LinkUnpair
+Message = PairingMessage | DeviceInfo | LinkHello | LinkSealed | LinkInner
 
 MESSAGE_TYPES: dict[int, type[Any]] = {
     cls.TAG: cls
