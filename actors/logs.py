@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -64,7 +65,7 @@ def configure_logging(
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
 
-    def add_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    def add_context(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in context.items():
             event.setdefault(key, value)
         return event

@@ -1,0 +1,26 @@
+"""quicpair's settings: built-in defaults, a user file and overrides, validated once.
+
+See :mod:`config.settings` and ``config/defaults.toml`` (every value with its reason).
+"""
+
+from .settings import (
+    DiscoverySettings,
+    LinkSettings,
+    LogSettings,
+    NodeSettings,
+    PairingSettings,
+    Settings,
+    TestingSettings,
+    load_settings,
+)
+
+__all__ = [
+    "DiscoverySettings",
+    "LinkSettings",
+    "LogSettings",
+    "NodeSettings",
+    "PairingSettings",
+    "Settings",
+    "TestingSettings",
+    "load_settings",
+]
