@@ -1,0 +1,258 @@
+"""The node: one device's runtime, and the Python API people embed.
+
+::
+
+    with Node(home_a, settings) as alice, Node(home_b, settings) as bob:
+        offer = alice.pair()                 # offer.code "417-apple-zebra-cloud", offer.uri
+        device = bob.join(offer.uri)         # blocks until paired (or PairingFailed)
+        assert offer.wait(10).node_id == bob.node_id
+
+Supervision tree (``rest_for_one``: a child depends on those started before it)::
+
+    node (Supervisor, rest_for_one)
+    ├── registry   RegistryActor (ThreadingActor; SQLite in the home)   permanent
+    ├── sessions   Supervisor (one_for_one) of pairing sessions          permanent
+    │   └── pair-i-N / pair-j-N  Initiator/JoinerSession (LoopActor)    temporary
+    └── listener   ListenerActor (LoopActor; the UDP port)               permanent
+
+All QUIC I/O runs on one event-loop thread owned by the node. Methods of
+:class:`Node` block the calling thread (bounded by their timeouts) and must
+not be called from that loop thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import stat
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import pykka
+
+from config.settings import Settings, load_settings
+from protocol import errors
+from protocol.codes import parse_code_or_uri, split_address
+from protocol.errors import ErrorCode, IdentityError
+from protocol.identity import Identity, NodeId
+
+from .context import NodeContext
+from .counters import Counters
+from .device import Device, PairingOffer
+from .listener import ListenerActor
+from .logs import get_logger
+from .loop import EventLoopThread
+from .registry import DeviceState, RegistryActor, RegistryStore
+from .session_joiner import JoinerSession
+from .supervisor import ChildSpec, Restart, Strategy, Supervised, Supervisor
+
+__all__ = ["Node"]
+
+IDENTITY_FILE = "identity.pem"
+REGISTRY_FILE = "registry.sqlite3"
+#: Seconds a blocking API call may wait on an actor before giving up.
+CALL_TIMEOUT = 10.0
+
+
+class _Registry(Supervised, RegistryActor):
+    """The registry actor as a supervised child."""
+
+
+class Node:
+    """One quicpair node: identity, registry, listener and sessions, under supervision."""
+
+    def __init__(self, home: Path | str, settings: Settings | None = None) -> None:
+        self.home = Path(home)
+        self.settings = settings if settings is not None else load_settings()
+        self._ctx: NodeContext | None = None
+        self._root: pykka.ActorRef[Any] | None = None
+        self._loop: EventLoopThread | None = None
+        self._escalated: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Open the home, start the actors and bind the port; raises on any failure, leaving nothing."""
+        if self._root is not None:
+            raise RuntimeError("the node is already started")
+        _prepare_home(self.home)
+        identity = Identity.load_or_create(self.home / IDENTITY_FILE)
+        # Open and check the registry once up front, so a corrupt or newer
+        # file is a clear error from start(), not a restart loop.
+        RegistryStore(self.home / REGISTRY_FILE).close()
+        loop = EventLoopThread(f"quicpair-loop-{identity.node_id.fingerprint}").start()
+        ctx = NodeContext(
+            identity=identity,
+            settings=self.settings,
+            home=self.home,
+            counters=Counters(),
+            loop_thread=loop,
+            log=get_logger(node=identity.node_id.fingerprint),
+        )
+        self._ctx, self._loop = ctx, loop
+        try:
+            self._root = Supervisor.start(
+                "node",
+                [
+                    ChildSpec("registry", lambda: self._remember("registry", _Registry.start(self.home / REGISTRY_FILE))),
+                    ChildSpec("sessions", lambda: self._remember("sessions", Supervisor.start("sessions", max_restarts=10))),
+                    ChildSpec("listener", lambda: self._remember("listener", ListenerActor.start_on(loop, ctx))),
+                ],
+                strategy=Strategy.REST_FOR_ONE,
+                on_escalate=self._on_escalate,
+            )
+            ctx.bound.result(timeout=CALL_TIMEOUT)
+        except BaseException:
+            self._shutdown()
+            raise
+        ctx.log.info("node.started", node_id=identity.node_id.text, address=self.address, home=str(self.home))
+        return self
+
+    def _remember(self, name: str, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
+        assert self._ctx is not None
+        setattr(self._ctx, name, ref)
+        return ref
+
+    def _on_escalate(self, exc: BaseException) -> None:
+        self._escalated = exc
+        if self._ctx is not None:
+            self._ctx.log.critical("node.failed", error=repr(exc))
+
+    def stop(self, timeout: float = CALL_TIMEOUT) -> None:
+        """Stop every actor (children in reverse order), close the port, end the loop thread."""
+        if self._ctx is not None:
+            self._ctx.log.info("node.stopping")
+        self._shutdown(timeout)
+
+    def _shutdown(self, timeout: float = CALL_TIMEOUT) -> None:
+        root, self._root = self._root, None
+        if root is not None:
+            try:
+                root.stop(block=True, timeout=timeout)
+            except pykka.ActorDeadError:
+                pass
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.stop(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.stop()
+
+    # -- identity and state ------------------------------------------------------
+
+    @property
+    def _context(self) -> NodeContext:
+        if self._ctx is None or self._root is None:
+            raise RuntimeError("the node is not started")
+        return self._ctx
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._context.identity.node_id
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the node's UDP socket is bound to."""
+        return self._context.bound.result(timeout=CALL_TIMEOUT)
+
+    @property
+    def addresses(self) -> list[str]:
+        """The direct addresses this node announces to peers."""
+        return self._context.direct_addresses()
+
+    def counters(self) -> dict[str, int]:
+        """Counters of this node (docs/ARCHITECTURE.md lists them)."""
+        return self._context.counters.snapshot()
+
+    def devices(self, *, include_pending: bool = False) -> list[Device]:
+        """Paired devices (confirmed; pending ones too when asked)."""
+        states = [DeviceState.CONFIRMED] + ([DeviceState.PENDING] if include_pending else [])
+        records = self._ask_registry("list", states)
+        return [Device.from_record(r) for r in records]
+
+    def device(self, peer: NodeId) -> Device | None:
+        record = self._ask_registry("get", peer)
+        return None if record is None else Device.from_record(record)
+
+    def _ask_registry(self, method: str, *args: Any) -> Any:
+        registry = self._context.require_registry()
+        return getattr(registry.proxy(), method)(*args).get(timeout=CALL_TIMEOUT)
+
+    # -- pairing -------------------------------------------------------------------
+
+    def pair(self) -> PairingOffer:
+        """Open a single-use code; the returned offer tells the code and waits for the device."""
+        ctx = self._context
+        listener = ctx.listener
+        if listener is None:
+            raise RuntimeError("the listener is not running")
+        proxy = listener.proxy()
+        text, uri, nameplate, expires_in = proxy.open_code().get(timeout=CALL_TIMEOUT)
+        future: concurrent.futures.Future[Any] = proxy.offer_future(nameplate).get(timeout=CALL_TIMEOUT)
+        return PairingOffer(
+            code=text,
+            uri=uri,
+            nameplate=nameplate,
+            expires_in=expires_in,
+            future=future,
+            cancel=lambda: bool(proxy.cancel_code(nameplate).get(timeout=CALL_TIMEOUT)),
+        )
+
+    def join(self, code_or_uri: str, *, address: str | None = None, timeout: float | None = None) -> Device:
+        """Pair with the device that shows ``code_or_uri``; returns it once committed on both sides.
+
+        ``address`` (``host:port``) says where the initiator listens when the
+        code is typed without its URI. Raises CodeFormatError for a mistyped
+        code, PairingFailed (wrong code, expired, used up, busy, ...) or
+        PeerUnreachable.
+        """
+        ctx = self._context
+        uri = parse_code_or_uri(code_or_uri)
+        targets: list[tuple[str, int]] = []
+        if address is not None:
+            try:
+                targets.append(split_address(address))
+            except ValueError as exc:
+                raise errors.CodeFormatError(f"address {address!r} is not host:port ({exc})") from exc
+        targets += [split_address(a) for a in uri.addresses if split_address(a) not in targets]
+        if not targets:
+            raise errors.PeerUnreachable(
+                "no address for the initiator: use the pairing URI (or QR code), or give its address"
+            )
+        if uri.node is not None and uri.node == ctx.identity.node_id:
+            raise errors.PairingFailed(ErrorCode.PROTOCOL_VIOLATION, "this code was opened by this very node")
+        sessions = ctx.sessions
+        if sessions is None:
+            raise RuntimeError("the node is not running")
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        name = f"pair-j-{ctx.next_id()}"
+        spec = ChildSpec(
+            name,
+            lambda: JoinerSession.start_on(ctx.loop_thread, ctx, name, uri.code, targets, uri.node, result),
+            restart=Restart.TEMPORARY,
+        )
+        sessions.proxy().start_child(spec).get(timeout=CALL_TIMEOUT)
+        pairing = self.settings.pairing
+        bound = timeout if timeout is not None else 6 * pairing.step_timeout + pairing.resolve_timeout
+        try:
+            record = result.result(timeout=bound)
+        except concurrent.futures.TimeoutError as exc:
+            raise errors.PairingFailed(ErrorCode.TIMEOUT, f"no result within {bound:g} s") from exc
+        return Device.from_record(record)
+
+
+def _prepare_home(home: Path) -> None:
+    """Create the home (0700); refuse one that other users can enter."""
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(os.stat(home).st_mode)
+    except OSError as exc:
+        raise IdentityError(f"cannot use {home} as the node's home: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise IdentityError(
+            f"the node's home {home} is accessible by other users (mode {mode:o}); run: chmod 700 {home}"
+        )
