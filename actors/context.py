@@ -76,9 +76,7 @@ class NodeContext:
     #: Owner of paired links (admit/accepted), once links are running; loop-confined.
     links: Any = None
     #: (host, port) the listener bound; reset by each listener incarnation.
-    bound: concurrent.futures.Future[tuple[str, int]] = field(
-        default_factory=concurrent.futures.Future
-    )
+    bound: concurrent.futures.Future[tuple[str, int]] = field(default_factory=concurrent.futures.Future)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_id(self) -> int:

@@ -133,7 +133,9 @@ class ListenerActor(Supervised, LoopActor):
             self._expiry = None
         when = self.ctx.codebook.next_expiry(self.ctx.clock())
         if when is not None:
-            self._expiry = self.call_later(max(when - self.ctx.clock(), 0.0) + 0.01, self.actor_ref.tell, _Expire())
+            self._expiry = self.call_later(
+                max(when - self.ctx.clock(), 0.0) + 0.01, self.actor_ref.tell, _Expire()
+            )
 
     def _expire_offers(self) -> None:
         now = self.ctx.clock()
@@ -190,7 +192,9 @@ class ListenerActor(Supervised, LoopActor):
         def started(fut: asyncio.Future[Any]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 ctx.active_sessions -= 1
-                log.error("pairing.session_start_failed", error=repr(None if fut.cancelled() else fut.exception()))
+                log.error(
+                    "pairing.session_start_failed", error=repr(None if fut.cancelled() else fut.exception())
+                )
                 if not link.is_closed:
                     link.close(ErrorCode.INTERNAL_ERROR, "could not start a session")
 

@@ -23,6 +23,7 @@ not be called from that loop thread.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -95,9 +96,17 @@ class Node:
             self._root = Supervisor.start(
                 "node",
                 [
-                    ChildSpec("registry", lambda: self._remember("registry", _Registry.start(self.home / REGISTRY_FILE))),
-                    ChildSpec("sessions", lambda: self._remember("sessions", Supervisor.start("sessions", max_restarts=10))),
-                    ChildSpec("listener", lambda: self._remember("listener", ListenerActor.start_on(loop, ctx))),
+                    ChildSpec(
+                        "registry",
+                        lambda: self._remember("registry", _Registry.start(self.home / REGISTRY_FILE)),
+                    ),
+                    ChildSpec(
+                        "sessions",
+                        lambda: self._remember("sessions", Supervisor.start("sessions", max_restarts=10)),
+                    ),
+                    ChildSpec(
+                        "listener", lambda: self._remember("listener", ListenerActor.start_on(loop, ctx))
+                    ),
                 ],
                 strategy=Strategy.REST_FOR_ONE,
                 on_escalate=self._on_escalate,
@@ -128,10 +137,8 @@ class Node:
     def _shutdown(self, timeout: float = CALL_TIMEOUT) -> None:
         root, self._root = self._root, None
         if root is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 root.stop(block=True, timeout=timeout)
-            except pykka.ActorDeadError:
-                pass
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.stop(timeout)

@@ -77,7 +77,9 @@ class InitiatorSession(PairingSessionBase):
 
     def handle_event(self, event: Any) -> None:
         if isinstance(event, PeerVerified):
-            self.log.info("pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas))
+            self.log.info(
+                "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
+            )
             host, port = self._link_to_attach.remote_address
             self.store_pending(self._peer, event.peer_info, event.keys, format_address(host, port))
         elif isinstance(event, CommitRequested):
@@ -111,9 +113,7 @@ class InitiatorSession(PairingSessionBase):
         if event.pending_must_be_deleted:
             self.forget_pending()
         self.ctx.counters.incr("pair.failed.initiator")
-        self.log.warning(
-            "pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail
-        )
+        self.log.warning("pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail)
         nameplate = self._nameplate()
         offer = self.ctx.offers.get(nameplate) if nameplate is not None else None
         if offer is None or nameplate is None:

@@ -145,7 +145,9 @@ class JoinerSession(PairingSessionBase):
         self.attach(link)
         self._peer = link.peer
         self._address = link.remote_address
-        self.ctx.counters.incr("pair.connections.joiner" if self._in_doubt is None else "pair.resolve_connections")
+        self.ctx.counters.incr(
+            "pair.connections.joiner" if self._in_doubt is None else "pair.resolve_connections"
+        )
         self.stream_id = link.open_stream()
         self._streams_seen += 1
         if self._in_doubt is None:
@@ -182,7 +184,9 @@ class JoinerSession(PairingSessionBase):
     def handle_event(self, event: Any) -> None:
         assert self._peer is not None
         if isinstance(event, PeerVerified):
-            self.log.info("pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas))
+            self.log.info(
+                "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
+            )
             assert self._address is not None
             observed = format_address(*self._address)
             self._keys_secret = (event.keys.pairing_id, event.keys.pairing_secret)
