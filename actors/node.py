@@ -142,6 +142,14 @@ class Node:
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.stop(timeout)
+        if self._ctx is not None:
+            # Nobody will use these codes now: release whoever waits on them.
+            for offer in list(self._ctx.offers.values()):
+                if not offer.result.done():
+                    offer.result.set_exception(
+                        errors.PairingFailed(ErrorCode.GOING_AWAY, "the node stopped; the code is closed")
+                    )
+            self._ctx.offers.clear()
 
     def __enter__(self) -> Self:
         return self.start()

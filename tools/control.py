@@ -1,0 +1,173 @@
+"""The control protocol of a running node: JSON requests in, JSON replies out.
+
+One request per line: ``{"id": 7, "op": "join", "code": "...", "timeout": 30}``.
+One reply per request, in any order (long operations run concurrently):
+``{"id": 7, "ok": true, "result": {...}}`` or ``{"id": 7, "ok": false,
+"error": {"type": "PairingFailed", "code": "WRONG_CODE", "message": "..."}}``.
+
+The same protocol serves the test harness and the demo over stdin/stdout
+(tools/nodehost.py) and the command line over the daemon's Unix socket
+(tools/daemon.py). Errors are reported, never raised: a bad request gets a
+precise error and the node goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from actors.device import PairingOffer
+from actors.node import Node
+from protocol.errors import PairingFailed as PairingFailedError
+from protocol.errors import ProtocolError, QuicpairError
+from protocol.identity import NodeId
+
+__all__ = ["OPS", "Controller", "decode_request", "error_reply"]
+
+#: Operation name -> the request fields it takes (all optional unless listed in REQUIRED).
+OPS: dict[str, tuple[str, ...]] = {
+    "info": (),
+    "pair": (),
+    "wait_offer": ("nameplate", "timeout"),
+    "cancel_offer": ("nameplate",),
+    "join": ("code", "address", "timeout"),
+    "devices": ("include_pending",),
+    "device": ("node_id",),
+    "counters": (),
+    "stop": (),
+}
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "wait_offer": ("nameplate",),
+    "cancel_offer": ("nameplate",),
+    "join": ("code",),
+    "device": ("node_id",),
+}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "nameplate": int,
+    "timeout": (int, float),
+    "code": str,
+    "address": str,
+    "include_pending": bool,
+    "node_id": str,
+}
+
+
+class RequestError(QuicpairError):
+    """The control request is not valid; the message says which field and why."""
+
+
+def decode_request(line: str) -> dict[str, Any]:
+    """Parse and validate one request line; RequestError names what is wrong."""
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"not JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(request, dict):
+        raise RequestError("a request is a JSON object")
+    op = request.get("op")
+    if op not in OPS:
+        raise RequestError(f"unknown op {op!r}; known: {', '.join(sorted(OPS))}")
+    allowed = {"id", "op", *OPS[op]}
+    extra = sorted(set(request) - allowed)
+    if extra:
+        raise RequestError(f"op {op!r} does not take {', '.join(extra)}")
+    for name in REQUIRED.get(op, ()):
+        if name not in request:
+            raise RequestError(f"op {op!r} needs {name!r}")
+    for name, value in request.items():
+        expected = _TYPES.get(name)
+        if expected is not None and (
+            (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected)
+        ):
+            raise RequestError(f"field {name!r} has the wrong type ({type(value).__name__})")
+    return request
+
+
+def error_reply(request_id: Any, exc: BaseException) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    code = getattr(exc, "code", None)
+    if isinstance(exc, (ProtocolError, PairingFailedError)) and code is not None:
+        error["code"] = code.name
+        error["remote"] = bool(getattr(exc, "remote", False))
+    return {"id": request_id, "ok": False, "error": error}
+
+
+class Controller:
+    """Executes control requests against one started node."""
+
+    def __init__(self, node: Node, on_stop: Callable[[], None]) -> None:
+        self.node = node
+        self._on_stop = on_stop
+        self._offers: dict[int, PairingOffer] = {}
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        request_id = request.get("id")
+        try:
+            result = getattr(self, "_op_" + request["op"])(request)
+        except QuicpairError as exc:
+            return error_reply(request_id, exc)
+        except (ValueError, TypeError) as exc:
+            return error_reply(request_id, RequestError(str(exc)))
+        return {"id": request_id, "ok": True, "result": result}
+
+    # -- operations ----------------------------------------------------------------
+
+    def _op_info(self, _: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        host, port = node.address
+        return {
+            "node_id": node.node_id.text,
+            "fingerprint": node.node_id.fingerprint,
+            "name": node.settings.node.name,
+            "host": host,
+            "port": port,
+            "addresses": node.addresses,
+        }
+
+    def _op_pair(self, _: dict[str, Any]) -> dict[str, Any]:
+        offer = self.node.pair()
+        self._offers[offer.nameplate] = offer
+        return {
+            "code": offer.code,
+            "uri": offer.uri,
+            "nameplate": offer.nameplate,
+            "expires_in": offer.expires_in,
+        }
+
+    def _offer(self, request: dict[str, Any]) -> PairingOffer:
+        offer = self._offers.get(request["nameplate"])
+        if offer is None:
+            raise RequestError(f"no offer with nameplate {request['nameplate']} was made here")
+        return offer
+
+    def _op_wait_offer(self, request: dict[str, Any]) -> dict[str, Any]:
+        device = self._offer(request).wait(request.get("timeout"))
+        return device.to_dict()
+
+    def _op_cancel_offer(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"cancelled": self._offer(request).cancel()}
+
+    def _op_join(self, request: dict[str, Any]) -> dict[str, Any]:
+        device = self.node.join(
+            request["code"], address=request.get("address"), timeout=request.get("timeout")
+        )
+        return device.to_dict()
+
+    def _op_devices(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        return [d.to_dict() for d in self.node.devices(include_pending=bool(request.get("include_pending")))]
+
+    def _op_device(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            peer = NodeId.from_text(request["node_id"])
+        except ValueError as exc:
+            raise RequestError(f"node_id: {exc}") from exc
+        device = self.node.device(peer)
+        return None if device is None else device.to_dict()
+
+    def _op_counters(self, _: dict[str, Any]) -> dict[str, int]:
+        return self.node.counters()
+
+    def _op_stop(self, _: dict[str, Any]) -> dict[str, Any]:
+        self._on_stop()
+        return {"stopping": True}

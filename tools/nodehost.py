@@ -1,0 +1,124 @@
+"""Run one node in this process, controlled by JSON lines on stdin (tools/control.py).
+
+    python -m tools.nodehost --home /tmp/alice --listen 127.0.0.1:0 --name alice
+
+The first line on stdout is ``{"event": "ready", ...}`` with the node's id and
+address, or ``{"event": "failed", "error": {...}}`` and exit status 1. Then
+one reply line per request line. Logs go to stderr (JSON, one event per
+line) or to ``--log FILE``. The node stops on the ``stop`` op, on end of
+stdin, or on SIGTERM/SIGINT, and the process exits 0 once everything is
+released. The two-process tests and the demo drive nodes this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TextIO
+
+from actors.logs import configure_logging
+from actors.node import Node
+from config.settings import load_settings
+from protocol.codes import split_address
+from protocol.errors import QuicpairError
+
+from .control import Controller, decode_request, error_reply
+
+__all__ = ["main", "parse_overrides"]
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``section.key=value`` items (value in TOML/JSON syntax, or a bare string) -> overrides."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not section or not name:
+            raise SystemExit(f"--set {item!r}: expected section.key=value, e.g. pairing.step_timeout=5")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+class _Writer:
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def write(self, obj: Any) -> None:
+        with self._lock:
+            self._stream.write(json.dumps(obj, sort_keys=True) + "\n")
+            self._stream.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.nodehost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", required=True, type=Path, help="the node's home directory")
+    parser.add_argument("--config", type=Path, help="a settings file (TOML)")
+    parser.add_argument("--listen", help="host:port to listen on (port 0: any)")
+    parser.add_argument("--name", help="the device name peers see")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--log", type=Path, help="append logs here instead of stderr")
+    args = parser.parse_args(argv)
+
+    out = _Writer(sys.stdout)
+    log_stream: TextIO = open(args.log, "a", encoding="utf-8") if args.log else sys.stderr  # noqa: SIM115
+    try:
+        overrides = parse_overrides(args.set)
+        node_section = overrides.setdefault("node", {})
+        if args.listen:
+            host, port = (
+                split_address(args.listen) if not args.listen.endswith(":0") else (args.listen[:-2], 0)
+            )
+            node_section.update(listen_host=host.strip("[]"), listen_port=port)
+        if args.name:
+            node_section["name"] = args.name
+        settings = load_settings(args.config, **overrides)
+        configure_logging(level=settings.log.level, fmt="json", stream=log_stream)
+        node = Node(args.home, settings).start()
+    except (QuicpairError, ValueError) as exc:
+        out.write({"event": "failed", "error": error_reply(None, exc)["error"]})
+        return 1
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    controller = Controller(node, stopping.set)
+    ready = Controller(node, stopping.set).handle({"id": None, "op": "info"})["result"]
+    out.write({"event": "ready", **ready})
+
+    def serve(request: dict[str, Any]) -> None:
+        out.write(controller.handle(request))
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                request = decode_request(line)
+            except QuicpairError as exc:
+                out.write(error_reply(None, exc))
+                continue
+            pool.submit(serve, request)
+        stopping.set()
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="control") as pool:
+        threading.Thread(target=read_stdin, name="control-stdin", daemon=True).start()
+        stopping.wait()
+        node.stop()
+    out.write({"event": "stopped"})
+    if args.log:
+        log_stream.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
