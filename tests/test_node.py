@@ -1,0 +1,105 @@
+"""The Node API in one process: lifecycle, pairing over real QUIC on loopback, bad homes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from actors import Node
+from config.settings import Settings, load_settings
+from protocol.errors import ErrorCode, IdentityError, PairingFailed, RegistryError
+
+
+def settings(name: str, **pairing: float) -> Settings:
+    return load_settings(
+        node={"listen_host": "127.0.0.1", "listen_port": 0, "name": name},
+        pairing={"step_timeout": 3.0, **pairing},
+        discovery={"mdns": False},
+    )
+
+
+def test_pair_and_join_in_one_process(tmp_path: Path) -> None:
+    with Node(tmp_path / "alice", settings("alice")) as alice, Node(tmp_path / "bob", settings("bob")) as bob:
+        offer = alice.pair()
+        joined = bob.join(offer.uri, timeout=15)
+        offered = offer.wait(timeout=15)
+
+        assert joined.node_id == alice.node_id and offered.node_id == bob.node_id
+        assert (joined.name, offered.name) == ("alice", "bob")
+        assert joined.state == offered.state == "confirmed"
+        # Directional keys (DESIGN.md failure #4), checked through fingerprints only.
+        assert offered.send_key_fingerprint == joined.receive_key_fingerprint
+        assert offered.receive_key_fingerprint == joined.send_key_fingerprint
+        assert offered.send_key_fingerprint != offered.receive_key_fingerprint
+        # The announced addresses were stored (DESIGN.md failure #2).
+        assert list(joined.addresses) == alice.addresses
+        assert list(offered.addresses) == bob.addresses
+        # One connection and one stream per pairing, on each side (failure #1).
+        a, b = alice.counters(), bob.counters()
+        assert a["pair.connections.initiator"] == a["pair.streams.initiator"] == 1
+        assert b["pair.connections.joiner"] == b["pair.streams.joiner"] == 1
+        assert [d.node_id for d in alice.devices()] == [bob.node_id]
+
+
+def test_code_typed_with_address_instead_of_uri(tmp_path: Path) -> None:
+    with Node(tmp_path / "a", settings("a")) as alice, Node(tmp_path / "b", settings("b")) as bob:
+        offer = alice.pair()
+        host, port = alice.address
+        device = bob.join(offer.code.upper().replace("-", " "), address=f"{host}:{port}", timeout=15)
+        assert device.node_id == alice.node_id
+
+
+def test_unused_code_expires_and_the_offer_says_so(tmp_path: Path) -> None:
+    with Node(tmp_path / "a", settings("a", code_expiry=0.3)) as alice:
+        offer = alice.pair()
+        with pytest.raises(PairingFailed) as info:
+            offer.wait(timeout=10)
+        assert info.value.code is ErrorCode.CODE_EXPIRED
+
+
+def test_cancelled_code_is_refused(tmp_path: Path) -> None:
+    with Node(tmp_path / "a", settings("a")) as alice, Node(tmp_path / "b", settings("b")) as bob:
+        offer = alice.pair()
+        assert offer.cancel()
+        with pytest.raises(PairingFailed) as info:
+            bob.join(offer.uri, timeout=15)
+        assert info.value.code is ErrorCode.CODE_USED_UP
+        assert bob.devices(include_pending=True) == [] and alice.devices(include_pending=True) == []
+
+
+def test_stop_releases_the_port(tmp_path: Path) -> None:
+    node = Node(tmp_path / "a", settings("a")).start()
+    host, port = node.address
+    node.stop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, port))
+
+
+def test_identity_survives_restart(tmp_path: Path) -> None:
+    with Node(tmp_path / "a", settings("a")) as first:
+        node_id = first.node_id
+    with Node(tmp_path / "a", settings("a")) as second:
+        assert second.node_id == node_id
+
+
+def test_home_readable_by_others_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "open"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    with pytest.raises(IdentityError, match="chmod 700"):
+        Node(home, settings("a")).start()
+
+
+def test_corrupt_registry_is_a_clear_error_and_left_untouched(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    Node(home, settings("a")).start().stop()
+    registry = home / "registry.sqlite3"
+    registry.write_bytes(b"this is not a database" * 100)
+    os.chmod(registry, 0o600)
+    before = registry.read_bytes()
+    with pytest.raises(RegistryError):
+        Node(home, settings("a")).start()
+    assert registry.read_bytes() == before
