@@ -27,6 +27,14 @@ LEAK_WAIT = 5.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # In-process actors log through structlog from their own threads, after
+    # pytest's capture: send those lines nowhere. The level stays at debug so
+    # structlog.testing.capture_logs() sees every event in tests that assert on logs.
+    import os
+
+    from actors.logs import configure_logging
+
+    configure_logging(level="debug", fmt="json", stream=open(os.devnull, "w"))  # noqa: SIM115
     config.addinivalue_line(
         "markers", "allow_daemon_threads: the no_leaks fixture ignores daemon threads started by the test"
     )
