@@ -39,7 +39,7 @@ def _settings(name: str, concurrent: int) -> Settings:
 
 def _percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                     start = time.perf_counter()
                     with ThreadPoolExecutor(max_workers=len(joiners)) as pool:
                         results = list(
-                            pool.map(lambda pair: pair[0].join(pair[1].uri, timeout=60), zip(joiners, offers))
+                            pool.map(
+                                lambda pair: pair[0].join(pair[1].uri, timeout=60),
+                                zip(joiners, offers, strict=True),
+                            )
                         )
                     wall = time.perf_counter() - start
                 finally:
