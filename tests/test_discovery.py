@@ -1,0 +1,396 @@
+"""Discovery: the TXT format on its own, then real mDNS between network namespaces.
+
+The multi-host tests run one ``tools.mdns_probe serve`` process per host of a
+:class:`netns.Lan` (root needed; they fail, never skip, without it). mDNS
+never runs in the test's own namespace: no multicast leaves the namespaces
+the test made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import netns
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from netns import Host, lan
+
+import actors.discovery as discovery
+from actors.discovery import (
+    MAX_NAMEPLATES,
+    Advert,
+    decode_txt,
+    encode_txt,
+    format_endpoint,
+    instance_name,
+)
+from protocol.errors import ErrorCode, RemoteProtocolError
+from protocol.identity import Identity, NodeId
+
+ROOT = Path(__file__).resolve().parent.parent
+ALICE = Identity.from_seed(b"\x01" * 32).node_id
+BOB = Identity.from_seed(b"\x02" * 32).node_id
+PORT = 4433
+#: Every wait in these tests is bounded by this (mDNS on a veth answers in ms).
+WAIT = 10.0
+
+
+def txt(*items: bytes) -> bytes:
+    """TXT rdata from strings, as on the wire (RFC 6763 6.1)."""
+    return b"".join(bytes([len(item)]) + item for item in items)
+
+
+ID = b"id=" + ALICE.text.encode()
+
+
+# -- the TXT record, no network ----------------------------------------------
+
+
+def test_txt_holds_version_id_and_sorted_nameplates_only() -> None:
+    assert encode_txt(ALICE) == txt(b"v=1", ID)
+    assert encode_txt(ALICE, {42, 7}) == txt(b"v=1", ID, b"np=7,42")
+    assert decode_txt(encode_txt(ALICE, {42, 7})) == Advert(ALICE, frozenset({7, 42}))
+    assert decode_txt(encode_txt(ALICE)) == Advert(ALICE, frozenset())
+
+
+def test_txt_fits_the_most_nameplates_in_one_string() -> None:
+    plates = set(range(9999 - MAX_NAMEPLATES + 1, 10000))
+    rdata = encode_txt(ALICE, plates)
+    assert decode_txt(rdata).nameplates == plates
+    assert max(rdata[0], rdata[1 + rdata[0]]) <= 255
+
+
+@pytest.mark.parametrize("plates", [set(range(1, MAX_NAMEPLATES + 2)), {0}, {10000}, {True}])
+def test_encoding_refuses_bad_nameplates(plates: set[int]) -> None:
+    with pytest.raises(ValueError):
+        encode_txt(ALICE, plates)
+
+
+def test_decoding_ignores_unknown_keys_and_case_and_repeats() -> None:
+    rdata = txt(b"V=1", b"x-future=1", b"ID=" + ALICE.text.upper().encode(), b"id=garbage", b"np=9")
+    assert decode_txt(rdata) == Advert(ALICE, frozenset({9}))
+
+
+@pytest.mark.parametrize(
+    ("rdata", "code"),
+    [
+        (b"", ErrorCode.MALFORMED_MESSAGE),
+        (txt(ID), ErrorCode.MALFORMED_MESSAGE),  # no version
+        (txt(b"v=2", ID), ErrorCode.UNSUPPORTED_VERSION),
+        (txt(b"v", ID), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1"), ErrorCode.MALFORMED_MESSAGE),  # no id
+        (txt(b"v=1", b"id"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", b"id=" + ALICE.text[:-1].encode()), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", b"id=" + b"1" * 52), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", b"id=" + ALICE.text.encode()[:-1] + b"\xff"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID)[:-3], ErrorCode.MALFORMED_MESSAGE),  # truncated string
+        (txt(b"v=1", ID, b"np="), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"np"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"np=0"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"np=10000"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"np=07"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"np=+5"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"np= 5"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"np=5,,6"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, "np=٣".encode()), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"np=1" + b",1" * MAX_NAMEPLATES), ErrorCode.MALFORMED_MESSAGE),
+    ],
+)
+def test_decoding_refuses_bad_records(rdata: bytes, code: ErrorCode) -> None:
+    with pytest.raises(RemoteProtocolError) as caught:
+        decode_txt(rdata)
+    assert caught.value.code is code
+
+
+@settings(deadline=None)  # a busy CI machine must not turn microseconds into a failure
+@given(st.binary(max_size=600))
+def test_decoding_garbage_raises_only_the_protocol_error(rdata: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        decode_txt(rdata)
+
+
+def test_endpoints_and_names_as_dialers_and_people_see_them() -> None:
+    assert format_endpoint("10.231.0.10", 4433) == "10.231.0.10:4433"
+    assert format_endpoint("fd00::1", 4433) == "[fd00::1]:4433"
+    assert format_endpoint("fe80::1%2", 4433) == "[fe80::1%2]:4433"
+    assert instance_name(ALICE) == f"quicpair-{ALICE.fingerprint}"
+
+
+def test_public_api_is_listed() -> None:
+    for name in discovery.__all__:
+        assert hasattr(discovery, name), name
+
+
+# -- real mDNS between namespaces ----------------------------------------------
+
+
+class Probe:
+    """A ``tools.mdns_probe serve`` process inside one host; requests are bounded."""
+
+    def __init__(self, host: Host, log: Path) -> None:
+        self.host = host
+        self.log = log
+        self._stderr = log.open("w")
+        self.proc = host.popen(
+            [sys.executable, "-m", "tools.mdns_probe", "--log-level", "debug", "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=ROOT,
+        )
+        self._lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.events: list[dict[str, Any]] = []
+        self._next = 0
+        self.stopped = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(json.loads(line))
+
+    def send(self, op: str, **fields: Any) -> int:
+        return self.send_together((op, fields))[0]
+
+    def send_together(self, *requests: tuple[str, dict[str, Any]]) -> list[int]:
+        """Write requests in one write: the probe finds them all in its buffer at once."""
+        assert self.proc.stdin is not None
+        ids, lines = [], []
+        for op, fields in requests:
+            self._next += 1
+            self.stopped = self.stopped or op == "stop"
+            ids.append(self._next)
+            lines.append(json.dumps({"id": self._next, "op": op, **fields}) + "\n")
+        self.proc.stdin.write("".join(lines))
+        self.proc.stdin.flush()
+        return ids
+
+    def reply(self, request_id: int, timeout: float = WAIT + 5) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._get(deadline, f"reply to request {request_id}")
+            if message.get("id") == request_id:
+                assert message["ok"], message
+                return message
+
+    def __call__(self, op: str, **fields: Any) -> dict[str, Any]:
+        return self.reply(self.send(op, **fields))
+
+    def wait_event(self, match: Callable[[dict[str, Any]], bool], timeout: float = WAIT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        for event in self.events:
+            if match(event):
+                return event
+        while True:
+            message = self._get(deadline, "a matching watch event")
+            if match(message):
+                return message
+
+    def _get(self, deadline: float, what: str) -> dict[str, Any]:
+        try:
+            message = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"{self.host}: no {what} in time; log: {self.log}") from None
+        if "event" in message:
+            self.events.append(message)
+        return message
+
+    def log_events(self, name: str) -> list[dict[str, Any]]:
+        self._stderr.flush()
+        lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("event") == name]
+
+    def stop(self) -> int | None:
+        """Ask the probe to stop (it sends goodbyes); :meth:`join` waits for it."""
+        try:
+            return self.send("stop") if self.proc.poll() is None and not self.stopped else None
+        except OSError:
+            return None
+
+    def join(self, request_id: int | None) -> None:
+        """Wait for a clean exit; anything less is left for the Lan to kill."""
+        try:
+            if request_id is not None:
+                self.reply(request_id)
+            self.proc.wait(timeout=WAIT)
+        except (AssertionError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            self._stderr.close()
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[list[tuple[Host, Probe]]]:
+    """Three hosts on one LAN, each with a probe process (not started yet)."""
+    with lan(3) as net:
+        probes = [Probe(host, tmp_path / f"h{host.index}.log") for host in net.hosts]
+        try:
+            yield list(zip(net.hosts, probes, strict=True))
+        finally:
+            stopping = [(probe, probe.stop()) for probe in probes]  # in parallel: goodbyes take 0.25 s
+            for probe, request_id in stopping:
+                probe.join(request_id)
+
+
+def start(probe: Probe, node: NodeId, host: Host, *, advertise: bool = True, **options: Any) -> int:
+    options.setdefault("addresses", [host.address])
+    return probe.send("start", node=node.text, port=PORT, advertise=advertise, **options)
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():
+        assert time.monotonic() < deadline, f"not within {WAIT} s: {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.netns
+def test_node_resolved_across_namespaces_then_gone_after_goodbye(
+    hosts: list[tuple[Host, Probe]], record_property: Callable[[str, object], None]
+) -> None:
+    (a, alice), (b, bob), _ = hosts
+    alice.reply(start(alice, ALICE, a))
+    # The lookup runs right after bob's start, before its browser's first query
+    # (20-120 ms later, RFC 6762 5.2): a cold cache, so this one asks the LAN.
+    ids = bob.send_together(
+        ("start", {"node": BOB.text, "port": PORT, "addresses": [b.address], "advertise": False}),
+        ("resolve_node", {"node": ALICE.text, "timeout": WAIT}),
+    )
+    bob.reply(ids[0])
+    cold = bob.reply(ids[1])
+    warm = bob("resolve_node", node=ALICE.text, timeout=WAIT)
+
+    assert cold["endpoints"] == warm["endpoints"] == [f"{a.address}:{PORT}"]
+    record_property("resolve_cold_ms", cold["elapsed_ms"])
+    record_property("resolve_warm_ms", warm["elapsed_ms"])
+    print(f"resolve across namespaces: cold {cold['elapsed_ms']} ms, warm {warm['elapsed_ms']} ms")
+    lookups = bob.log_events("discovery.lookup")
+    assert lookups[0]["what"] == f"node {ALICE.fingerprint}" and lookups[0]["queried"] is True
+    assert "elapsed_ms" in lookups[0]
+
+    alice("stop")  # goodbye packets: bob forgets alice at once, not after the 2-minute TTL
+    wait_until(lambda: bob("resolve_node", node=ALICE.text, timeout=0.2)["endpoints"] == [], "goodbye")
+
+
+@pytest.mark.netns
+def test_nameplate_found_while_open_and_not_after(hosts: list[tuple[Host, Probe]]) -> None:
+    (a, alice), (b, bob), _ = hosts
+    started = [start(alice, ALICE, a, addresses=[]), start(bob, BOB, b)]  # []: its interfaces'
+    alice.reply(started[0])
+    bob.reply(started[1])
+    alice("nameplates", nameplates=[42, 7])
+
+    found = bob("resolve_nameplate", nameplate=42, timeout=WAIT)
+    assert found["nodes"] == [[ALICE.text, [f"{a.address}:{PORT}"]]]
+    assert bob("resolve_nameplate", nameplate=8, timeout=0.3)["nodes"] == []
+    assert alice("resolve_nameplate", nameplate=42, timeout=0.3)["nodes"] == []  # never ourselves
+
+    alice("nameplates", nameplates=[7])
+    wait_until(lambda: bob("resolve_nameplate", nameplate=42, timeout=0.2)["nodes"] == [], "42 withdrawn")
+    assert bob("resolve_nameplate", nameplate=7, timeout=WAIT)["nodes"][0][0] == ALICE.text
+
+
+@pytest.mark.netns
+def test_moved_node_is_found_at_its_new_address_only(hosts: list[tuple[Host, Probe]]) -> None:
+    (a, alice), (b, bob), _ = hosts
+    started = [start(alice, ALICE, a), start(bob, BOB, b)]
+    alice.reply(started[0])
+    bob.reply(started[1])
+    bob("watch")
+    old = f"{a.address}:{PORT}"
+    assert bob("resolve_node", node=ALICE.text, timeout=WAIT)["endpoints"] == [old]
+
+    a.move("10.231.7.7")
+    alice("addresses", addresses=[a.address])
+
+    new = f"{a.address}:{PORT}"
+    event = bob.wait_event(lambda e: e.get("node") == ALICE.text and new in e["endpoints"])
+    assert event["endpoints"] == [new]  # the goodbye for the old address came in the same packet
+    assert bob("resolve_node", node=ALICE.text, timeout=WAIT)["endpoints"] == [new]
+
+
+@pytest.mark.netns
+def test_watch_fires_when_a_node_announces_itself(hosts: list[tuple[Host, Probe]]) -> None:
+    (a, alice), (b, bob), _ = hosts
+    for request_id in bob.send_together(
+        ("start", {"node": BOB.text, "port": PORT, "addresses": [b.address], "wait": False}),
+        ("watch", {}),
+    ):
+        bob.reply(request_id)
+
+    # Restricted to its LAN interface; also a (documentation-prefix) IPv6 address,
+    # which is only record data here: nothing is sent to it.
+    alice.reply(start(alice, ALICE, a, interfaces=[a.address], addresses=[a.address, "2001:db8::7"]))
+
+    event = bob.wait_event(lambda e: e.get("node") == ALICE.text)
+    assert event["endpoints"] == [f"{a.address}:{PORT}", f"[2001:db8::7]:{PORT}"]
+    # Not for ourselves: bob's own advert reached bob's browser, and one more round
+    # trip lets any event it caused reach stdout before we look.
+    assert bob("resolve_node", node=BOB.text, timeout=WAIT)["endpoints"] == [f"{b.address}:{PORT}"]
+    bob("resolve_node", node=ALICE.text, timeout=WAIT)
+    assert [e["node"] for e in bob.events] == [ALICE.text]
+
+
+GARBAGE = {
+    "no-id": txt(b"v=1", b"np=42"),
+    "bad-id": txt(b"v=1", b"id=not-a-node-id", b"np=42"),
+    "future": txt(b"v=2", b"id=" + BOB.text.encode(), b"np=42"),
+    "bad-np": txt(b"v=1", b"id=" + BOB.text.encode(), b"np=42;drop table"),
+    "truncated": txt(b"v=1", b"id=" + BOB.text.encode())[:-9],
+    "noise": bytes(range(256))[1:200],
+}
+
+
+@pytest.mark.netns
+def test_garbage_adverts_are_ignored(hosts: list[tuple[Host, Probe]]) -> None:
+    (a, alice), (b, bob), (c, rogue) = hosts
+    for name, rdata in GARBAGE.items():
+        rogue("rogue", name=f"rogue-{name}", port=PORT, addresses=[c.address], txt_hex=rdata.hex())
+    alice.reply(start(alice, ALICE, a))
+    alice("nameplates", nameplates=[42])
+    bob.reply(start(bob, BOB, b, advertise=False))
+    bob("watch")
+
+    found = bob("resolve_nameplate", nameplate=42, timeout=WAIT)
+
+    assert found["nodes"] == [[ALICE.text, [f"{a.address}:{PORT}"]]]
+    wait_until(
+        lambda: len({e["name"] for e in bob.log_events("discovery.ignored")}) == len(GARBAGE),
+        "every rogue advert seen and ignored",
+    )
+    assert bob.proc.poll() is None
+    assert all(e["node"] == ALICE.text for e in bob.events)
+    assert bob("resolve_node", node=ALICE.text, timeout=WAIT)["endpoints"] == [f"{a.address}:{PORT}"]
+
+
+# -- the namespace helper itself -------------------------------------------------
+
+
+@pytest.mark.netns
+def test_lan_removes_its_namespaces_and_processes_even_on_failure() -> None:
+    stale = f"{netns.PREFIX}-{dead_pid()}-0-h0"  # as left by a run that crashed
+    subprocess.run(["ip", "netns", "add", stale], check=True, timeout=WAIT)
+    with pytest.raises(RuntimeError, match="boom"), lan(2) as net:
+        assert stale not in netns.namespaces_now()
+        sleeper = net.hosts[0].popen(["sleep", "60"])
+        assert set(net.namespaces) == {net.bridge_ns, *(h.ns for h in net.hosts)}
+        raise RuntimeError("boom")
+    assert sleeper.poll() is not None
+    assert not set(netns.namespaces_now()) & {net.bridge_ns, *(h.ns for h in net.hosts)}
+
+
+def dead_pid() -> int:
+    """A pid that no process has right now (a child we reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait(timeout=WAIT)
+    return child.pid
