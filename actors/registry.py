@@ -6,7 +6,9 @@
 access (and every fsync) happens there, never on the asyncio loop. Its methods are
 the store's, called through a proxy or ``ask``; each change is one transaction and is
 durable when the reply arrives, which is what the pairing's 2PC relies on
-(``pending_stored``/``committed`` are called only after that reply).
+(``pending_stored``/``committed`` are called only after that reply). Pairing an
+already paired device again leaves its working pairing in use until the new one is
+confirmed, and untouched if it fails (:mod:`actors.registry_store` has the rules).
 
 Start it with :meth:`RegistryActor.open`, which waits for the file to be opened and
 raises :class:`RegistryError` (the actor already stopped) if it cannot be: a corrupt,

@@ -1,32 +1,54 @@
 """The device registry: which devices this node is paired with, kept durably in SQLite.
 
-One file in the node's home (DESIGN.md, "Persistence"). :class:`RegistryStore` is a
-plain single-threaded class; the node uses it through :class:`actors.registry.RegistryActor`.
+One file in the node's home (DESIGN.md, "Persistence"); :mod:`actors.registry_file`
+owns its format, and opens it owner-only, durable (WAL, ``synchronous=FULL``) and never
+damaging a file it does not understand. :class:`RegistryStore` is a plain
+single-threaded class; the node uses it through :class:`actors.registry.RegistryActor`.
+Every public method that changes something is exactly one transaction, and no sqlite3
+exception escapes it (``raise RegistryError(...) from exc``).
 
-* **Owner only.** Created 0600 (SQLite gives ``-wal``/``-shm`` the same mode); a registry
-  other users can access is refused, like an identity key.
-* **Durable, never half-written.** WAL with ``synchronous=FULL`` fsyncs the log at every
-  commit, so an acknowledged change survives a crash or power loss (in WAL mode NORMAL
-  may lose the last commits: https://www.sqlite.org/pragma.html#pragma_synchronous).
-  Every public method that changes something is exactly one transaction.
-* **Never damages a file it does not understand.** It must be SQLite, carry our
-  ``application_id``, pass ``PRAGMA integrity_check`` and have a ``user_version`` we
-  know; otherwise RegistryError before anything is written. An older version is
-  migrated in one transaction. No sqlite3 exception escapes (``raise ... from exc``).
+**One pairing in use per device.** The ``device`` table holds, per NodeId, the pairing
+the node works with (CONFIRMED: its links are accepted), or one being made (PENDING:
+never used as paired), or a revoked one. :meth:`~RegistryStore.get`,
+:meth:`~RegistryStore.allowed_link_peers` and the address and unpair methods only
+ever see that table.
 
-Re-pairing a device already present replaces its record and addresses in the one
-transaction of :meth:`RegistryStore.add_pending`: the old pairing is gone from then on,
-even if the new one aborts (re-pairing is a deliberate act by both owners).
+**A failed pairing leaves nothing behind and destroys nothing.** A new pairing with a
+device whose record must survive until the new one commits -- a CONFIRMED one (a
+re-pair) or a REVOKED one we still owe an unpair (``unpair_pending``) -- is stored
+apart, in ``pending_pairing``, while the old record stays in use:
+
+======================  =========================================================
+``add_pending``         no record, or PENDING, or REVOKED with nothing to deliver:
+                        the device row is replaced. CONFIRMED, or REVOKED with an
+                        unpair to deliver: the row stays; the new pairing is stored
+                        apart (replacing an earlier one still pending there).
+``confirm``             the device row's own pairing: marked CONFIRMED. A pairing
+                        stored apart: it replaces the device row and its
+                        addresses, as CONFIRMED, in one transaction.
+``delete_pending``      only that PENDING pairing, wherever it is; never a
+                        confirmed or revoked record.
+``find_by_pairing_id``  finds a pairing in either place (stored apart: PENDING).
+``list``                device rows; with PENDING among the states, also the
+                        pairings stored apart (then a device appears twice).
+``revoke``              the device row only; a pairing stored apart is left to
+                        its session (it may still commit, see :meth:`revoke`).
+``remove``              the device, and any pairing with it stored apart.
+======================  =========================================================
+
+Why a REVOKED record we still owe an unpair survives a new pairing: the unpair can
+only be delivered over a link keyed by the *old* pairing secret, which the peer still
+holds until it learns of the unpair; if the new pairing then failed with that record
+gone, the peer would keep a pairing we no longer know, forever. Once the new pairing
+commits, the peer has paired with us again and the unpair is moot.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
+import dataclasses
 import enum
-import os
 import sqlite3
-import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +59,16 @@ from protocol.errors import RegistryError
 from protocol.identity import NodeId
 from protocol.keys import Role
 
+from .registry_file import (
+    APPLICATION_ID,
+    DEVICE_COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SQLITE_ERRORS,
+    atomic,
+    open_registry,
+)
+
 __all__ = [
     "APPLICATION_ID",
     "MAX_OBSERVED_ADDRESSES",
@@ -46,25 +78,17 @@ __all__ = [
     "RegistryStore",
 ]
 
-#: ``PRAGMA application_id`` of a quicpair registry: ASCII "QPRG". This is what SQLite's
-#: header field is for (https://www.sqlite.org/fileformat.html#application_id).
-APPLICATION_ID = 0x51505247
 #: Observed addresses (not announced by the peer) that worked, kept per device (the most
 #: recent ones), besides the latest observation that has not been dialled yet.
 MAX_OBSERVED_ADDRESSES = 4
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_HEADER_SIZE = 100  # the SQLite database header (fileformat.html, section 1.3)
 _SECRET_SIZE = 32
-#: Everything sqlite3 raises (``Warning`` is not an ``Error`` subclass in Python 3.11).
-_SQLITE_ERRORS = (sqlite3.Error, sqlite3.Warning)
-#: A second writer (e.g. the CLI) waits this long for the lock instead of failing at once.
-_BUSY_TIMEOUT_MS = 5000
 
 
 class DeviceState(enum.StrEnum):
     """Where a device stands with this node."""
 
     #: Pairing verified but not committed yet: never used as paired (2PC, PROTOCOL.md).
+    #: With a device already paired, such a pairing is stored apart (module docstring).
     PENDING = "pending"
     #: Paired: its links are accepted.
     CONFIRMED = "confirmed"
@@ -129,50 +153,38 @@ def _unique(addresses: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(addresses))
 
 
-# -- schema ------------------------------------------------------------------
+# -- where pairings live -------------------------------------------------------------
 
-# _MIGRATIONS[v - 1] turns a registry of version v - 1 into version v; version 0 is an
-# empty file. The CHECKs keep a buggy caller from storing what no reader could use.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE device (
-            node_id BLOB NOT NULL PRIMARY KEY CHECK (typeof(node_id) = 'blob' AND length(node_id) = 32),
-            name TEXT NOT NULL,
-            role TEXT NOT NULL CHECK (role IN ('initiator', 'joiner')),
-            state TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'revoked')),
-            pairing_id BLOB NOT NULL CHECK (typeof(pairing_id) = 'blob' AND length(pairing_id) = 32),
-            pairing_secret BLOB NOT NULL
-                CHECK (typeof(pairing_secret) = 'blob' AND length(pairing_secret) = 32),
-            send_key_fp TEXT NOT NULL, receive_key_fp TEXT NOT NULL,
-            paired_at REAL NOT NULL, updated_at REAL NOT NULL,
-            unpair_pending INTEGER NOT NULL DEFAULT 0 CHECK (unpair_pending IN (0, 1)),
-            observed_address TEXT
-        ) WITHOUT ROWID""",
-        "CREATE UNIQUE INDEX device_pairing_id ON device (pairing_id)",
-        # rank: the position in the peer's announcement, the order among never-worked ones.
-        """CREATE TABLE address (
-            node_id BLOB NOT NULL REFERENCES device (node_id) ON DELETE CASCADE,
-            address TEXT NOT NULL CHECK (length(address) > 0),
-            last_worked REAL,
-            source TEXT NOT NULL CHECK (source IN ('announced', 'observed')),
-            rank INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (node_id, address)
-        ) WITHOUT ROWID""",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
 
-#: The columns the queries below use; a registry without them is not one we can read.
-_DEVICE_COLUMNS = (
-    *("node_id", "name", "role", "state", "pairing_id", "pairing_secret", "send_key_fp"),
-    *("receive_key_fp", "paired_at", "updated_at", "unpair_pending", "observed_address"),
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    """One place a pairing can be stored: its row table and its address table."""
+
+    #: The table of pairing rows (columns: DEVICE_COLUMNS).
+    pairings: str
+    #: The table of their addresses.
+    addresses: str
+    #: ORDER BY of the address rows, the order of DeviceRecord.addresses.
+    order: str
+    #: Inserts one announced address: (node_id, address, rank in the announcement).
+    insert_announced: str
+
+
+#: The pairing in use per device. Most recently worked addresses first; then the
+#: announced ones in the peer's order; observed last.
+_DEVICE = _Tables(
+    "device",
+    "address",
+    "last_worked IS NULL, last_worked DESC, source = 'observed', rank, address",
+    "INSERT INTO address (node_id, address, last_worked, source, rank) VALUES (?, ?, NULL, 'announced', ?)",
 )
-_REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
-    "device": frozenset(_DEVICE_COLUMNS),
-    "address": frozenset(("node_id", "address", "last_worked", "source", "rank")),
-}
-# Most recently worked first; then announced in the peer's order; observed last.
-_ADDRESS_ORDER = "last_worked IS NULL, last_worked DESC, source = 'observed', rank, address"
+#: A new pairing waiting to replace a record that must survive until it commits.
+_PENDING = _Tables(
+    "pending_pairing",
+    "pending_address",
+    "rank, address",
+    "INSERT INTO pending_address (node_id, address, rank) VALUES (?, ?, ?)",
+)
 
 _Records = builtins.list[DeviceRecord]
 
@@ -181,7 +193,7 @@ def _same(value: Any) -> Any:
     return value
 
 
-# Device columns are named after DeviceRecord's fields; these convert the ones that differ.
+# Columns are named after DeviceRecord's fields; these convert the ones that differ.
 _TO_SQL: dict[str, Callable[[Any], Any]] = {
     "node_id": lambda v: v.raw,
     "role": lambda v: v.value,
@@ -198,18 +210,23 @@ _FROM_SQL: dict[str, Callable[[Any], Any]] = {
 }
 
 
-@contextmanager
-def _atomic(conn: sqlite3.Connection) -> Iterator[None]:
-    # IMMEDIATE takes the write lock up front, so a second process (the CLI) waits at
-    # BEGIN instead of failing half-way through.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+def _insert(conn: sqlite3.Connection, tables: _Tables, record: DeviceRecord) -> None:
+    """Insert ``record`` and its (announced) addresses into ``tables``."""
+    conn.execute(
+        f"INSERT INTO {tables.pairings} ({', '.join(DEVICE_COLUMNS)}) "
+        f"VALUES ({', '.join('?' * len(DEVICE_COLUMNS))})",
+        [_TO_SQL.get(column, _same)(getattr(record, column)) for column in DEVICE_COLUMNS],
+    )
+    conn.executemany(
+        tables.insert_announced,
+        [(record.node_id.raw, a, i) for i, a in enumerate(_unique(record.addresses))],
+    )
+
+
+def _must_survive(state: str, unpair_pending: int) -> bool:
+    """Whether a device row must outlive a new pairing until that one commits: it is in
+    use (CONFIRMED), or it is how we still owe the peer an unpair (module docstring)."""
+    return state == DeviceState.CONFIRMED or (state == DeviceState.REVOKED and bool(unpair_pending))
 
 
 class RegistryStore:
@@ -217,15 +234,16 @@ class RegistryStore:
 
     Changes take the caller's clock as ``now``. Changes of one device return False when it
     (in the required state) is not there: a race with an unpair is an answer, not a crash.
+    The module docstring says where a pairing with an already known device is kept.
     """
 
     #: The schema steps; a subclass may extend them (tests of the migration path).
-    MIGRATIONS: ClassVar[tuple[tuple[str, ...], ...]] = _MIGRATIONS
+    MIGRATIONS: ClassVar[tuple[tuple[str, ...], ...]] = MIGRATIONS
 
     def __init__(self, path: Path | str) -> None:
         self._path = Path(path)
         self._conn: sqlite3.Connection | None = None
-        self._conn = self._open()
+        self._conn = open_registry(self._path, self.MIGRATIONS)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -240,7 +258,7 @@ class RegistryStore:
         if conn is not None:
             try:
                 conn.close()
-            except _SQLITE_ERRORS as exc:
+            except SQLITE_ERRORS as exc:
                 raise RegistryError(f"registry {self._path}: closing failed: {exc}") from exc
 
     def __enter__(self) -> RegistryStore:
@@ -249,43 +267,67 @@ class RegistryStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- changes (one transaction each) -----------------------------------------
+    # -- the pairing's writes (2PC: store PENDING, then confirm or delete) --------
 
     def add_pending(self, record: DeviceRecord) -> None:
-        """Store a device as PENDING, replacing any record it had (a re-pair)."""
+        """Store a new pairing as PENDING. A device row that is CONFIRMED, or REVOKED with an
+        unpair still to deliver, stays as it is and in use: the new pairing is stored apart
+        until :meth:`confirm` (replacing one stored apart before). Any other row is replaced."""
         if record.state is not DeviceState.PENDING:
             raise RegistryError(f"add_pending needs a pending record, not a {record.state.value} one")
+        if record.unpair_pending:
+            raise RegistryError("add_pending needs a new pairing, which has no unpair to deliver")
+        raw = record.node_id.raw
         with self._transaction("add_pending") as conn:
-            conn.execute("DELETE FROM device WHERE node_id = ?", (record.node_id.raw,))
-            conn.execute(
-                f"INSERT INTO device ({', '.join(_DEVICE_COLUMNS)}) VALUES ({', '.join('?' * 12)})",
-                [_TO_SQL.get(column, _same)(getattr(record, column)) for column in _DEVICE_COLUMNS],
-            )
-            conn.executemany(
-                "INSERT INTO address (node_id, address, last_worked, source, rank) "
-                "VALUES (?, ?, NULL, 'announced', ?)",
-                [(record.node_id.raw, a, i) for i, a in enumerate(_unique(record.addresses))],
-            )
+            row = conn.execute(
+                "SELECT state, unpair_pending FROM device WHERE node_id = ?", (raw,)
+            ).fetchone()
+            if row is not None and _must_survive(*row):
+                conn.execute("DELETE FROM pending_pairing WHERE node_id = ?", (raw,))
+                _insert(conn, _PENDING, record)
+            else:
+                conn.execute("DELETE FROM device WHERE node_id = ?", (raw,))  # its addresses too (cascade)
+                _insert(conn, _DEVICE, record)
 
     def confirm(self, node_id: NodeId, pairing_id: bytes, now: float) -> bool:
         """Mark pairing ``pairing_id`` CONFIRMED (``paired_at`` = ``now``); True if it is now.
 
-        Idempotent (a retried commit); False when the device has another pairing or was revoked."""
-        return self._change(
-            "confirm",
-            "UPDATE device SET state = 'confirmed', updated_at = ?, "
-            "paired_at = CASE state WHEN 'pending' THEN ? ELSE paired_at END "
-            "WHERE node_id = ? AND pairing_id = ? AND state IN ('pending', 'confirmed')",
-            (now, now, node_id.raw, pairing_id),
-        )
+        A pairing stored apart replaces the device's record and addresses, in this one
+        transaction. Idempotent (a retried commit); False when that pairing is not stored
+        (deleted, replaced by another one) or was revoked."""
+        raw = node_id.raw
+        with self._transaction("confirm") as conn:
+            cursor = conn.execute(
+                "UPDATE device SET state = 'confirmed', updated_at = ?, "
+                "paired_at = CASE state WHEN 'pending' THEN ? ELSE paired_at END "
+                "WHERE node_id = ? AND pairing_id = ? AND state IN ('pending', 'confirmed')",
+                (now, now, raw, pairing_id),
+            )
+            if cursor.rowcount == 1:
+                return True
+            apart = self._read(conn, _PENDING, "WHERE node_id = ? AND pairing_id = ?", (raw, pairing_id))
+            if not apart:
+                return False
+            new = dataclasses.replace(apart[0], state=DeviceState.CONFIRMED, paired_at=now, updated_at=now)
+            # The old record's addresses and the row stored apart go with it (cascade).
+            conn.execute("DELETE FROM device WHERE node_id = ?", (raw,))
+            _insert(conn, _DEVICE, new)
+            return True
 
     def delete_pending(self, node_id: NodeId, pairing_id: bytes) -> bool:
-        """Forget an aborted pairing: only if still PENDING with this ``pairing_id``."""
-        return self._change(
-            "delete_pending",
-            "DELETE FROM device WHERE node_id = ? AND pairing_id = ? AND state = 'pending'",
-            (node_id.raw, pairing_id),
-        )
+        """Forget an aborted pairing: only if still PENDING with this ``pairing_id``, in the
+        device row or stored apart. A confirmed or revoked record is never touched."""
+        with self._transaction("delete_pending") as conn:
+            deleted = conn.execute(
+                "DELETE FROM device WHERE node_id = ? AND pairing_id = ? AND state = 'pending'",
+                (node_id.raw, pairing_id),
+            ).rowcount
+            deleted += conn.execute(
+                "DELETE FROM pending_pairing WHERE node_id = ? AND pairing_id = ?", (node_id.raw, pairing_id)
+            ).rowcount
+            return deleted == 1
+
+    # -- the device row's other changes (one transaction each) --------------------
 
     def set_addresses(self, node_id: NodeId, addresses: Sequence[str], now: float) -> bool:
         """Replace the announced addresses: one that stays keeps its ``last_worked``, one that
@@ -348,7 +390,10 @@ class RegistryStore:
 
     def revoke(self, node_id: NodeId, now: float, notify_peer: bool) -> bool:
         """Unpair: its links are refused from now on; the record stays until :meth:`remove`.
-        ``notify_peer``: we must still tell it (False when the device told us)."""
+        ``notify_peer``: we must still tell it (False when the device told us).
+
+        A new pairing stored apart is left to its session: a joiner that voted must follow
+        the initiator's decision (2PC), and if it commits it replaces the revoked record."""
         return self._change(
             "revoke",
             "UPDATE device SET state = 'revoked', unpair_pending = ?, updated_at = ? WHERE node_id = ?",
@@ -364,32 +409,45 @@ class RegistryStore:
         )
 
     def remove(self, node_id: NodeId) -> bool:
-        """Erase the device and its addresses, whatever its state."""
+        """Erase the device and its addresses, whatever its state, and any pairing with it
+        stored apart (cascade)."""
         return self._change("remove", "DELETE FROM device WHERE node_id = ?", (node_id.raw,))
 
     # -- queries ----------------------------------------------------------------
 
     def get(self, node_id: NodeId) -> DeviceRecord | None:
-        records = self._select("get", "WHERE node_id = ?", (node_id.raw,))
+        """The device's record in use (never a pairing stored apart)."""
+        records = self._query("get", _DEVICE, "WHERE node_id = ?", (node_id.raw,))
         return records[0] if records else None
 
     def find_by_pairing_id(self, pairing_id: bytes) -> DeviceRecord | None:
-        """The device whose pairing (any state) has this transcript hash."""
-        records = self._select("find_by_pairing_id", "WHERE pairing_id = ?", (pairing_id,))
-        return records[0] if records else None
+        """The pairing (any state) with this transcript hash: the device's record, or a new
+        pairing stored apart (PENDING, with its own secret, fingerprints and addresses)."""
+        with self._guard("find_by_pairing_id") as conn:
+            for tables in (_DEVICE, _PENDING):
+                records = self._read(conn, tables, "WHERE pairing_id = ?", (pairing_id,))
+                if records:
+                    return records[0]
+        return None
 
     def list(self, states: Iterable[DeviceState] | None = None) -> _Records:
-        """Devices in ``states`` (all by default), oldest pairing first."""
-        if states is None:
-            return self._select("list", "", ())
-        wanted = [DeviceState(s).value for s in states]
+        """Devices in ``states`` (all by default), oldest pairing first.
+
+        With PENDING among the states, new pairings stored apart are listed too: a device
+        being paired again then appears twice, its record in use and the new pairing."""
+        wanted = tuple(DeviceState) if states is None else tuple(DeviceState(s) for s in states)
         if not wanted:
             return []
-        return self._select("list", f"WHERE state IN ({', '.join('?' * len(wanted))})", wanted)
+        with self._guard("list") as conn:
+            records = self._read(conn, _DEVICE, f"WHERE state IN ({', '.join('?' * len(wanted))})", wanted)
+            if DeviceState.PENDING in wanted:
+                records += self._read(conn, _PENDING, "", ())
+        # Stable: on a tie the record in use comes before the new pairing.
+        return sorted(records, key=lambda r: (r.paired_at, r.node_id.raw))
 
     def pending_unpairs(self) -> _Records:
         """Revoked devices that must still be told they were unpaired."""
-        return self._select("pending_unpairs", "WHERE state = 'revoked' AND unpair_pending = 1", ())
+        return self._query("pending_unpairs", _DEVICE, "WHERE state = 'revoked' AND unpair_pending = 1", ())
 
     def allowed_link_peers(self) -> set[bytes]:
         """Raw NodeIds a link listener accepts: confirmed and not revoked."""
@@ -397,7 +455,7 @@ class RegistryStore:
             rows = conn.execute("SELECT node_id FROM device WHERE state = 'confirmed'").fetchall()
         return {bytes(row[0]) for row in rows}
 
-    # -- internals: operations ----------------------------------------------------
+    # -- internals -----------------------------------------------------------------
 
     @contextmanager
     def _guard(self, op: str) -> Iterator[sqlite3.Connection]:
@@ -406,13 +464,13 @@ class RegistryStore:
             raise RegistryError(f"registry {self._path} is closed ({op})")
         try:
             yield self._conn
-        except _SQLITE_ERRORS as exc:
+        except SQLITE_ERRORS as exc:
             raise RegistryError(f"registry {self._path}: {op} failed: {exc}") from exc
 
     @contextmanager
     def _transaction(self, op: str) -> Iterator[sqlite3.Connection]:
         """One write transaction: all of ``op`` is committed, or none of it."""
-        with self._guard(op) as conn, _atomic(conn):
+        with self._guard(op) as conn, atomic(conn):
             yield conn
 
     def _change(self, op: str, sql: str, params: Sequence[object]) -> bool:
@@ -434,165 +492,37 @@ class RegistryStore:
             (node_id.raw, node_id.raw, MAX_OBSERVED_ADDRESSES),
         )
 
-    def _select(self, op: str, where: str, params: Sequence[object]) -> _Records:
+    def _query(self, op: str, tables: _Tables, where: str, params: Sequence[object]) -> _Records:
         with self._guard(op) as conn:
-            rows = conn.execute(
-                f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM device {where} ORDER BY paired_at, node_id", params
-            ).fetchall()
-            if not rows:
-                return []
-            ids = [row[0] for row in rows]
-            addresses: dict[bytes, builtins.list[str]] = {bytes(i): [] for i in ids}
-            for raw, address in conn.execute(
-                f"SELECT node_id, address FROM address WHERE node_id IN ({', '.join('?' * len(ids))}) "
-                f"ORDER BY node_id, {_ADDRESS_ORDER}",
-                ids,
-            ):
-                addresses[bytes(raw)].append(address)
+            return self._read(conn, tables, where, params)
+
+    def _read(
+        self, conn: sqlite3.Connection, tables: _Tables, where: str, params: Sequence[object]
+    ) -> _Records:
+        """The records in ``tables`` matching ``where``, with their addresses."""
+        rows = conn.execute(
+            f"SELECT {', '.join(DEVICE_COLUMNS)} FROM {tables.pairings} {where} ORDER BY paired_at, node_id",
+            params,
+        ).fetchall()
+        if not rows:
+            return []
+        ids = [row[0] for row in rows]
+        addresses: dict[bytes, builtins.list[str]] = {bytes(i): [] for i in ids}
+        for raw, address in conn.execute(
+            f"SELECT node_id, address FROM {tables.addresses} WHERE node_id IN ({', '.join('?' * len(ids))}) "
+            f"ORDER BY node_id, {tables.order}",
+            ids,
+        ):
+            addresses[bytes(raw)].append(address)
         try:
             return [
                 DeviceRecord(
-                    **{c: _FROM_SQL.get(c, _same)(v) for c, v in zip(_DEVICE_COLUMNS, row, strict=True)},
+                    **{c: _FROM_SQL.get(c, _same)(v) for c, v in zip(DEVICE_COLUMNS, row, strict=True)},
                     addresses=tuple(addresses[bytes(row[0])]),
                 )
                 for row in rows
             ]
         except (ValueError, TypeError) as exc:
-            raise RegistryError(f"registry {self._path} holds an invalid device row: {exc}") from exc
-
-    # -- internals: opening ----------------------------------------------------------
-
-    def _open(self) -> sqlite3.Connection:
-        self._create_if_missing()
-        self._check_file()
-        try:
-            conn = sqlite3.connect(
-                self._path.resolve().as_uri() + "?mode=rw",  # never let SQLite create it
-                uri=True,
-                isolation_level=None,  # autocommit; transactions are explicit (BEGIN/COMMIT)
-            )
-        except _SQLITE_ERRORS as exc:
-            raise RegistryError(f"cannot open registry {self._path}: {exc}") from exc
-        try:
-            self._prepare(conn)
-        except _SQLITE_ERRORS as exc:
-            conn.close()
             raise RegistryError(
-                f"{self._path} is not a usable quicpair registry ({exc}); the file was left untouched"
+                f"registry {self._path} holds an invalid {tables.pairings} row: {exc}"
             ) from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _create_if_missing(self) -> None:
-        """Create an empty file, owner-only, before SQLite sees the path."""
-        try:
-            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return
-        except OSError as exc:
-            raise RegistryError(f"cannot create registry {self._path}: {exc.strerror}") from exc
-        os.close(fd)
-        # Make the new directory entry itself durable, not only the file's data.
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-
-    def _check_file(self) -> None:
-        """Refuse, before SQLite opens it, a file that is unsafe or not SQLite."""
-        try:
-            st = os.stat(self._path)
-            if not stat.S_ISREG(st.st_mode):
-                raise RegistryError(f"registry {self._path} is not a regular file")
-            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise RegistryError(
-                    f"registry {self._path} is accessible by other users "
-                    f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {self._path}"
-                )
-            with open(self._path, "rb") as f:
-                header = f.read(_HEADER_SIZE)
-        except OSError as exc:
-            raise RegistryError(f"cannot read registry {self._path}: {exc.strerror}") from exc
-        # An empty file is one we created and never got to initialise: a new registry.
-        if header and (len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC)):
-            raise RegistryError(
-                f"{self._path} is not a quicpair registry: not an SQLite database; "
-                "the file was left untouched"
-            )
-
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Check what the file is, then initialise or migrate it, or refuse it untouched."""
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = FULL")
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
-        fresh = app_id == 0 and version == 0 and not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
-        untouched = "the file was left untouched"
-        if not fresh:
-            if app_id != APPLICATION_ID:
-                what = f"tables: {', '.join(tables)}" if tables else "no tables"
-                raise RegistryError(
-                    f"{self._path} is not a quicpair registry (SQLite application_id "
-                    f"0x{app_id:08x}, expected 0x{APPLICATION_ID:08x}; {what}); {untouched}"
-                )
-            if version > self.schema_version:
-                raise RegistryError(
-                    f"registry {self._path} has schema version {version}, written by a newer "
-                    f"quicpair; this one reads up to version {self.schema_version}. Upgrade "
-                    f"quicpair; {untouched}"
-                )
-            if version < 1:
-                raise RegistryError(
-                    f"{self._path} is not a quicpair registry (no schema version); {untouched}"
-                )
-            problems = [r[0] for r in conn.execute("PRAGMA integrity_check(5)")]
-            if problems != ["ok"]:
-                raise RegistryError(
-                    f"registry {self._path} is corrupt (integrity check: {'; '.join(problems)}); "
-                    f"{untouched}. Restore it from a backup or move it away to start over"
-                )
-        if fresh:
-            self._set_wal(conn)
-        if version < self.schema_version:
-            self._migrate(conn, version)
-        else:
-            self._verify_schema(conn)
-        self._set_wal(conn)
-        conn.execute("PRAGMA foreign_keys = ON")
-
-    def _set_wal(self, conn: sqlite3.Connection) -> None:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RegistryError(
-                f"registry {self._path}: SQLite cannot use its WAL journal here (got {mode!r}); "
-                "put the node's home on a local file system"
-            )
-
-    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
-        """From ``version`` to the current one in ONE transaction; nothing on failure."""
-        with _atomic(conn):
-            for steps in self.MIGRATIONS[version:]:
-                for statement in steps:
-                    conn.execute(statement)
-            if version == 0:
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {self.schema_version}")
-            self._verify_schema(conn)
-            if conn.execute("PRAGMA foreign_key_check").fetchall():
-                raise RegistryError(f"registry {self._path}: migration left dangling addresses")
-
-    def _verify_schema(self, conn: sqlite3.Connection) -> None:
-        for table, required in _REQUIRED_COLUMNS.items():
-            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-            missing = required - present
-            if missing:
-                raise RegistryError(
-                    f"{self._path} is not a quicpair registry: table {table!r} "
-                    f"{'is missing' if not present else 'lacks ' + ', '.join(sorted(missing))}; "
-                    "the file was left untouched"
-                )

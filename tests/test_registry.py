@@ -161,14 +161,146 @@ def test_delete_pending_only_deletes_that_pending_pairing(db: Path, store: Regis
     conn.close()
 
 
-def test_a_repair_replaces_the_old_record_and_its_addresses(store: RegistryStore) -> None:
+def table_rows(db: Path, table: str) -> int:
+    conn = raw(db)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def in_use(store: RegistryStore) -> DeviceRecord:
+    """A confirmed device 1 that has been used: an address worked, it was seen somewhere."""
     confirmed(store, 1, addresses=("192.0.2.1:1", "192.0.2.2:2"))
     store.mark_address_worked(node(1), "192.0.2.2:2", 300.0)
-    store.add_pending(pending(1, ("198.51.100.7:9",), generation=1, now=400.0))
+    store.record_observed(node(1), "203.0.113.9:5000", 310.0)
     record = store.get(node(1))
-    assert record == pending(1, ("198.51.100.7:9",), generation=1, now=400.0)
-    assert store.find_by_pairing_id(pairing_id(1)) is None
+    assert record is not None
+    assert record.addresses == ("192.0.2.2:2", "192.0.2.1:1", "203.0.113.9:5000")
+    return record
+
+
+def repair(i: int, generation: int = 1, now: float = 400.0) -> DeviceRecord:
+    """Pairing device ``i`` again: a new pairing id, secret, key fingerprints and addresses."""
+    return dataclasses.replace(
+        pending(i, ("198.51.100.7:9", "198.51.100.8:9"), generation=generation, now=now),
+        pairing_secret=bytes(range(200, 232)), send_key_fp="newsendnewsend12",
+        receive_key_fp="newrecvnewrecv12", observed_address="198.51.100.7:9",
+    )  # fmt: skip
+
+
+def test_a_repair_keeps_the_old_pairing_in_use_until_it_commits(db: Path, store: RegistryStore) -> None:
+    old = in_use(store)
+    new = repair(1)
+    store.add_pending(new)
+    assert store.get(node(1)) == old, "the working pairing is untouched, addresses and all"
+    assert store.allowed_link_peers() == {node(1).raw}, "and still accepted"
+    assert store.list([DeviceState.CONFIRMED]) == [old]
+    assert store.pending_unpairs() == []
+    # The resolution lookup finds the new pairing, with its own secret and fingerprints.
+    assert store.find_by_pairing_id(new.pairing_id) == new
+    assert store.find_by_pairing_id(old.pairing_id) == old
+    assert store.list([DeviceState.PENDING]) == [new]
+    assert store.list() == [old, new], "a device being paired again is listed twice"
+    assert table_rows(db, "pending_pairing") == 1
+
+
+def test_a_repair_that_commits_replaces_the_old_pairing_and_addresses(db: Path, store: RegistryStore) -> None:
+    old = in_use(store)
+    new = repair(1)
+    store.add_pending(new)
+    assert store.confirm(node(1), new.pairing_id, 500.0)
+    committed = dataclasses.replace(new, state=DeviceState.CONFIRMED, paired_at=500.0, updated_at=500.0)
+    assert store.get(node(1)) == committed, "nothing of the old pairing is left, not even an address"
+    assert store.find_by_pairing_id(old.pairing_id) is None
+    assert store.find_by_pairing_id(new.pairing_id) == committed
+    assert store.list() == [committed]
+    assert store.allowed_link_peers() == {node(1).raw}
+    assert (table_rows(db, "pending_pairing"), table_rows(db, "pending_address")) == (0, 0)
+    # A retried commit is fine; the old pairing and a failure that comes late change nothing.
+    assert store.confirm(node(1), new.pairing_id, 510.0)
+    assert not store.confirm(node(1), old.pairing_id, 520.0)
+    assert not store.delete_pending(node(1), new.pairing_id)
+    assert store.get(node(1)) == dataclasses.replace(committed, updated_at=510.0)
+
+
+def test_a_repair_that_fails_leaves_the_old_pairing_intact(db: Path, store: RegistryStore) -> None:
+    old = in_use(store)
+    new = repair(1)
+    store.add_pending(new)
+    assert not store.delete_pending(node(1), pairing_id(1, generation=7)), "another pairing's id"
+    assert not store.delete_pending(node(1), old.pairing_id), "never the confirmed pairing"
+    assert not store.delete_pending(node(2), new.pairing_id), "another device's"
+    assert store.delete_pending(node(1), new.pairing_id)
+    assert store.get(node(1)) == old
+    assert store.allowed_link_peers() == {node(1).raw}
+    assert store.find_by_pairing_id(new.pairing_id) is None
+    assert store.list() == [old]
+    assert (table_rows(db, "pending_pairing"), table_rows(db, "pending_address")) == (0, 0)
+    assert not store.confirm(node(1), new.pairing_id, 500.0), "a deleted pairing does not come back"
+    assert not store.delete_pending(node(1), new.pairing_id)
+    assert store.get(node(1)) == old
+    # The old pairing keeps working as before.
+    assert store.set_addresses(node(1), ["192.0.2.3:3"], 600.0)
+    assert store.get(node(1)).addresses == ("192.0.2.3:3", "203.0.113.9:5000")  # type: ignore[union-attr]
+
+
+def test_a_second_repair_replaces_the_first_one_still_pending(store: RegistryStore) -> None:
+    old = in_use(store)
+    first, second = repair(1, generation=1), repair(1, generation=2, now=450.0)
+    store.add_pending(first)
+    store.add_pending(second)
+    assert store.find_by_pairing_id(first.pairing_id) is None
+    assert not store.confirm(node(1), first.pairing_id, 500.0), "the replaced session's commit is refused"
+    assert store.get(node(1)) == old
+    assert store.confirm(node(1), second.pairing_id, 510.0)
+    assert store.get(node(1)).pairing_id == second.pairing_id  # type: ignore[union-attr]
+
+
+def test_pairing_a_revoked_device_again(store: RegistryStore) -> None:
+    # Revoked and the peer already knows: nothing to keep, the row is replaced (as a pending one is).
+    confirmed(store, 1)
+    store.revoke(node(1), 300.0, notify_peer=False)
+    store.add_pending(repair(1))
+    assert store.get(node(1)) == repair(1)
+    assert store.delete_pending(node(1), repair(1).pairing_id)
+    assert store.get(node(1)) is None
+    # Revoked and we still owe the peer the unpair: that duty survives a new pairing that fails...
+    confirmed(store, 2)
+    store.revoke(node(2), 300.0, notify_peer=True)
+    owed = store.get(node(2))
+    assert owed is not None
+    store.add_pending(repair(2))
+    assert store.get(node(2)) == owed and store.pending_unpairs() == [owed]
     assert store.allowed_link_peers() == set()
+    assert store.find_by_pairing_id(repair(2).pairing_id) == repair(2)
+    assert store.delete_pending(node(2), repair(2).pairing_id)
+    assert store.get(node(2)) == owed and store.pending_unpairs() == [owed]
+    # ... and ends when a new pairing commits: both sides then hold the new secret.
+    store.add_pending(repair(2, generation=3))
+    assert store.confirm(node(2), repair(2, generation=3).pairing_id, 500.0)
+    record = store.get(node(2))
+    assert record is not None
+    assert (record.state, record.unpair_pending, record.pairing_id) == (
+        DeviceState.CONFIRMED, False, pairing_id(2, 3))  # fmt: skip
+    assert store.pending_unpairs() == []
+    assert store.allowed_link_peers() == {node(2).raw}
+
+
+def test_an_unpair_during_a_repair_leaves_the_repair_to_its_session(store: RegistryStore) -> None:
+    confirmed(store, 1)
+    store.add_pending(repair(1))
+    assert store.revoke(node(1), 300.0, notify_peer=True)
+    assert store.allowed_link_peers() == set()
+    # A joiner that voted must follow the initiator's decision (2PC): the commit still lands.
+    assert store.confirm(node(1), repair(1).pairing_id, 310.0)
+    assert store.get(node(1)).state is DeviceState.CONFIRMED  # type: ignore[union-attr]
+    assert store.pending_unpairs() == []
+    # remove() erases the device whatever it is, a pairing in progress included.
+    store.add_pending(repair(1, generation=2))
+    assert store.remove(node(1))
+    assert store.find_by_pairing_id(repair(1, generation=2).pairing_id) is None
+    assert not store.confirm(node(1), repair(1, generation=2).pairing_id, 320.0)
 
 
 def test_list_filters_by_state_oldest_pairing_first(store: RegistryStore) -> None:
@@ -277,6 +409,20 @@ def test_add_pending_takes_only_pending_records(store: RegistryStore) -> None:
     with pytest.raises(RegistryError, match="UNIQUE") as info:
         store.add_pending(dataclasses.replace(pending(2), pairing_id=pairing_id(1)))
     assert isinstance(info.value.__cause__, sqlite3.IntegrityError), "converted with `from exc`"
+    with pytest.raises(RegistryError, match="no unpair to deliver"):
+        store.add_pending(dataclasses.replace(pending(3), unpair_pending=True))
+
+
+def test_a_pairing_id_names_one_pairing_wherever_it_is_stored(store: RegistryStore) -> None:
+    confirmed(store, 1)
+    store.add_pending(repair(1))
+    with pytest.raises(RegistryError, match="UNIQUE") as info:
+        store.add_pending(dataclasses.replace(pending(2), pairing_id=repair(1).pairing_id))
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+    with pytest.raises(RegistryError, match="UNIQUE"):
+        store.add_pending(dataclasses.replace(repair(1, generation=2), pairing_id=pairing_id(1)))
+    assert store.find_by_pairing_id(repair(1).pairing_id) == repair(1), "the failed add replaced nothing"
+    assert store.get(node(2)) is None
 
 
 def test_a_record_never_shows_its_secret() -> None:
@@ -306,11 +452,11 @@ def test_a_malformed_record_is_refused(change: dict[str, Any]) -> None:
 # -- one transaction per change --------------------------------------------------------------
 
 
-def fail_on_insert(db: Path, address: str) -> None:
+def fail_on_insert(db: Path, address: str, table: str = "address") -> None:
     """Make SQLite itself fail in the middle of a change: inserting this address aborts."""
     conn = raw(db)
     conn.execute(
-        f"CREATE TRIGGER fail_insert BEFORE INSERT ON address WHEN NEW.address = '{address}' "
+        f"CREATE TRIGGER fail_insert_{table} BEFORE INSERT ON {table} WHEN NEW.address = '{address}' "
         "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
     )
     conn.close()
@@ -321,17 +467,25 @@ def test_a_failure_half_way_through_a_change_leaves_the_old_state(db: Path) -> N
         confirmed(store, 1, addresses=("a:1", "b:2"))
         store.mark_address_worked(node(1), "b:2", 300.0)
         before = store.get(node(1))
-    fail_on_insert(db, "boom:1")
+        store.add_pending(pending(2, ("a:1",)))
+        before_2 = store.get(node(2))
+    fail_on_insert(db, "boom:1", "address")
+    fail_on_insert(db, "boom:1", "pending_address")
     with RegistryStore(db) as store:
         # set_addresses deletes a:1 first, then inserts: the insert fails.
         with pytest.raises(RegistryError, match="set_addresses failed: injected failure") as info:
             store.set_addresses(node(1), ["b:2", "boom:1"], 400.0)
         assert isinstance(info.value.__cause__, sqlite3.Error)
         assert store.get(node(1)) == before
-        # A re-pair deletes the old record (and its addresses), then inserts: same.
+        # Pairing a pending device again deletes its record (and addresses), then inserts: same.
+        with pytest.raises(RegistryError, match="add_pending failed"):
+            store.add_pending(pending(2, ("c:3", "boom:1"), generation=1))
+        assert store.get(node(2)) == before_2
+        # A re-pair of a confirmed device stores the pairing, then its addresses: same.
         with pytest.raises(RegistryError, match="add_pending failed"):
             store.add_pending(pending(1, ("c:3", "boom:1"), generation=1))
         assert store.get(node(1)) == before
+        assert store.find_by_pairing_id(pairing_id(1, generation=1)) is None
         with pytest.raises(RegistryError, match="record_observed failed"):
             store.record_observed(node(1), "boom:1", 410.0)
         assert store.get(node(1)) == before
@@ -340,14 +494,37 @@ def test_a_failure_half_way_through_a_change_leaves_the_old_state(db: Path) -> N
         assert store.get(node(1)).addresses == ("c:3",)  # type: ignore[union-attr]
 
 
+def test_a_repair_commit_failing_half_way_keeps_the_old_pairing_and_the_new_one_pending(db: Path) -> None:
+    new = repair(1)
+    with RegistryStore(db) as store:
+        old = in_use(store)
+        store.add_pending(new)
+    # Committing deletes the old record (its addresses, the pending row), inserts the new
+    # one, then its addresses: the second address fails.
+    fail_on_insert(db, new.addresses[1], "address")
+    with RegistryStore(db) as store:
+        with pytest.raises(RegistryError, match="confirm failed: injected failure"):
+            store.confirm(node(1), new.pairing_id, 500.0)
+        assert store.get(node(1)) == old
+        assert store.find_by_pairing_id(new.pairing_id) == new
+        assert store.allowed_link_peers() == {node(1).raw}
+    conn = raw(db)
+    conn.execute("DROP TRIGGER fail_insert_address")
+    conn.close()
+    with RegistryStore(db) as store:  # the retried commit lands whole
+        assert store.confirm(node(1), new.pairing_id, 510.0)
+        assert store.get(node(1)) == dataclasses.replace(
+            new, state=DeviceState.CONFIRMED, paired_at=510.0, updated_at=510.0
+        )
+
+
 # -- crash safety ------------------------------------------------------------------------------
 
 WRITER = """
 import sys
 from pathlib import Path
-from typing import Any
 from actors.registry_store import RegistryStore
-from tests.test_registry import node, pairing_id, pending, gen1, gen2
+from tests.test_registry import node, pairing_id, pending, gen1, gen2, gen3
 store = RegistryStore(Path(sys.argv[1]))
 i = int(sys.argv[2])
 while True:
@@ -357,8 +534,14 @@ while True:
     print("confirmed", i, flush=True)
     store.set_addresses(node(i), gen2(i), float(i))
     print("moved", i, flush=True)
+    store.add_pending(pending(i, gen3(i), generation=1))
+    print("repairing", i, flush=True)
+    store.confirm(node(i), pairing_id(i, 1), float(i))
+    print("repaired", i, flush=True)
     i += 1
 """
+#: What the writer does to each device, in order.
+STEPS = ("pending", "confirmed", "moved", "repairing", "repaired")
 
 
 def gen1(i: int) -> tuple[str, ...]:
@@ -367,6 +550,31 @@ def gen1(i: int) -> tuple[str, ...]:
 
 def gen2(i: int) -> tuple[str, ...]:
     return tuple(f"198.51.{i % 256}.{k}:{50000 + k}" for k in range(8))
+
+
+def gen3(i: int) -> tuple[str, ...]:
+    return tuple(f"[2001:db8:ffff:{i:x}::{k}]:{60000 + k}" for k in range(8))
+
+
+def expected_after(i: int, step: str) -> tuple[object, ...]:
+    """Device ``i`` after ``step``: (pairing generation in use, its state, its addresses,
+    the addresses of a new pairing stored apart or None)."""
+    return {
+        "pending": (0, DeviceState.PENDING, gen1(i), None),
+        "confirmed": (0, DeviceState.CONFIRMED, gen1(i), None),
+        "moved": (0, DeviceState.CONFIRMED, gen2(i), None),
+        "repairing": (0, DeviceState.CONFIRMED, gen2(i), gen3(i)),
+        "repaired": (1, DeviceState.CONFIRMED, gen3(i), None),
+    }[step]
+
+
+def seen(store: RegistryStore, i: int) -> tuple[object, ...]:
+    record = store.get(node(i))
+    assert record is not None, f"device {i} lost"
+    generation = [pairing_id(i, g) for g in (0, 1)].index(record.pairing_id)
+    apart = store.find_by_pairing_id(pairing_id(i, 1)) if generation == 0 else None
+    assert apart is None or apart.state is DeviceState.PENDING
+    return (generation, record.state, record.addresses, None if apart is None else apart.addresses)
 
 
 def run_writer_and_kill(db: Path, first: int, acks_wanted: int) -> list[tuple[str, int]]:
@@ -411,20 +619,15 @@ def test_a_writer_killed_mid_write_loses_no_acknowledged_change_and_no_record_is
             acked[i] = what
         first = max(acked) + 1
         with RegistryStore(db) as store:  # opens: passes the integrity check
-            records = {r.node_id: r for r in store.list()}
-        for i, what in acked.items():
-            record = records.pop(node(i))
-            if what == "pending":
-                assert record.state in (DeviceState.PENDING, DeviceState.CONFIRMED)
-            else:
-                assert record.state is DeviceState.CONFIRMED, f"acknowledged confirm of {i} lost"
-            assert record.addresses in (gen1(i), gen2(i)), f"addresses of {i} half written"
-            if what == "moved":
-                assert record.addresses == gen2(i), f"acknowledged address change of {i} lost"
-        # At most the one write in flight at the kill may have landed beyond the acks.
-        assert len(records) <= 1
-        for record in records.values():
-            assert record.node_id == node(first) and record.addresses in (gen1(first), gen2(first))
+            for i, what in acked.items():
+                # Exactly the acknowledged state, or the next one: the write in flight at the
+                # kill may have landed; nothing in between (a re-pair commits whole or not at all).
+                following = STEPS[min(STEPS.index(what) + 1, len(STEPS) - 1)]
+                assert seen(store, i) in (expected_after(i, what), expected_after(i, following)), (i, what)
+            beyond = {r.node_id for r in store.list()} - {node(i) for i in acked}
+            if beyond:
+                assert beyond == {node(first)}, "at most the write in flight landed beyond the acks"
+                assert seen(store, first) == expected_after(first, "pending")
 
 
 # -- files that are not a usable registry --------------------------------------------------------
@@ -510,11 +713,115 @@ def test_an_empty_file_is_a_new_registry(db: Path) -> None:
 # -- migrations ----------------------------------------------------------------------------------
 
 
-class StoreV2(RegistryStore):
+#: The schema of version 1, as quicpair wrote it (before pairings could be stored apart).
+V1_SCHEMA = (
+    """CREATE TABLE device (
+        node_id BLOB NOT NULL PRIMARY KEY CHECK (typeof(node_id) = 'blob' AND length(node_id) = 32),
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('initiator', 'joiner')),
+        state TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'revoked')),
+        pairing_id BLOB NOT NULL CHECK (typeof(pairing_id) = 'blob' AND length(pairing_id) = 32),
+        pairing_secret BLOB NOT NULL
+            CHECK (typeof(pairing_secret) = 'blob' AND length(pairing_secret) = 32),
+        send_key_fp TEXT NOT NULL, receive_key_fp TEXT NOT NULL,
+        paired_at REAL NOT NULL, updated_at REAL NOT NULL,
+        unpair_pending INTEGER NOT NULL DEFAULT 0 CHECK (unpair_pending IN (0, 1)),
+        observed_address TEXT
+    ) WITHOUT ROWID""",
+    "CREATE UNIQUE INDEX device_pairing_id ON device (pairing_id)",
+    """CREATE TABLE address (
+        node_id BLOB NOT NULL REFERENCES device (node_id) ON DELETE CASCADE,
+        address TEXT NOT NULL CHECK (length(address) > 0),
+        last_worked REAL,
+        source TEXT NOT NULL CHECK (source IN ('announced', 'observed')),
+        rank INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (node_id, address)
+    ) WITHOUT ROWID""",
+)
+
+
+def write_v1_registry(db: Path) -> list[DeviceRecord]:
+    """A version-1 registry with a confirmed, a revoked and a pending device."""
+    devices = [
+        dataclasses.replace(pending(1, ()), state=DeviceState.CONFIRMED, paired_at=150.0, updated_at=300.0,
+                            observed_address="203.0.113.9:5000",
+                            addresses=("192.0.2.2:2", "192.0.2.1:1", "203.0.113.9:5000")),
+        dataclasses.replace(pending(2, ()), state=DeviceState.REVOKED, unpair_pending=True, paired_at=160.0,
+                            role=Role.JOINER, addresses=("a:1",)),
+        pending(3, ("b:2", "c:3"), now=170.0),
+    ]  # fmt: skip
+    addresses = [
+        (1, "192.0.2.1:1", None, "announced", 0),
+        (1, "192.0.2.2:2", 300.0, "announced", 1),
+        (1, "203.0.113.9:5000", None, "observed", 0),
+        (2, "a:1", None, "announced", 0),
+        (3, "b:2", None, "announced", 0),
+        (3, "c:3", None, "announced", 1),
+    ]
+    conn = raw(db)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for statement in V1_SCHEMA:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    for d in devices:
+        conn.execute(
+            "INSERT INTO device VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (d.node_id.raw, d.name, d.role.value, d.state.value, d.pairing_id, d.pairing_secret,
+             d.send_key_fp, d.receive_key_fp, d.paired_at, d.updated_at, int(d.unpair_pending),
+             d.observed_address),
+        )  # fmt: skip
+    conn.executemany("INSERT INTO address VALUES (?, ?, ?, ?, ?)", [(node(i).raw, *a) for i, *a in addresses])
+    conn.close()
+    os.chmod(db, 0o600)
+    return devices
+
+
+def test_a_version_1_registry_is_migrated_keeping_its_devices_and_addresses(db: Path) -> None:
+    devices = write_v1_registry(db)
+    with RegistryStore(db) as store:
+        assert store.list() == devices
+        assert store.allowed_link_peers() == {node(1).raw}
+        assert store.pending_unpairs() == [devices[1]]
+        # What version 2 is for works on the migrated pairing: a re-pair that fails...
+        store.add_pending(repair(1))
+        assert store.get(node(1)) == devices[0]
+        assert store.delete_pending(node(1), repair(1).pairing_id)
+        assert store.get(node(1)) == devices[0]
+        # ... and one that commits.
+        store.add_pending(repair(1, generation=2))
+        assert store.confirm(node(1), repair(1, generation=2).pairing_id, 500.0)
+        assert store.get(node(1)).pairing_id == pairing_id(1, generation=2)  # type: ignore[union-attr]
+        assert store.get(node(2)) == devices[1] and store.get(node(3)) == devices[2]
+    conn = raw(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"device", "address", "pending_pairing", "pending_address"}
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    conn.close()
+
+
+def test_a_version_1_registry_whose_migration_fails_is_left_untouched(db: Path) -> None:
+    write_v1_registry(db)
+    conn = raw(db)
+    conn.execute("CREATE TABLE pending_address (x)")  # in the way of step 2, which fails half-way
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(RegistryError, match=r"pending_address already exists.*left untouched"):
+        RegistryStore(db)
+    assert db.read_bytes() == before
+    conn = raw(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "pending_pairing" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+
+
+class StoreNext(RegistryStore):
     MIGRATIONS = (*RegistryStore.MIGRATIONS, ("ALTER TABLE device ADD COLUMN note TEXT",))
 
 
-class BrokenStoreV2(RegistryStore):
+class BrokenStoreNext(RegistryStore):
     MIGRATIONS = (
         *RegistryStore.MIGRATIONS,
         ("ALTER TABLE device ADD COLUMN note TEXT", "INSERT INTO no_such_table VALUES (1)"),
@@ -524,7 +831,7 @@ class BrokenStoreV2(RegistryStore):
 def test_an_older_registry_is_migrated_keeping_its_devices(db: Path) -> None:
     with RegistryStore(db) as store:
         confirmed(store, 1)
-    with StoreV2(db) as store:
+    with StoreNext(db) as store:
         assert store.schema_version == SCHEMA_VERSION + 1
         assert [r.node_id for r in store.list()] == [node(1)]
     conn = raw(db)
@@ -540,7 +847,7 @@ def test_a_failed_migration_changes_nothing(db: Path) -> None:
         confirmed(store, 1)
     before = db.read_bytes()
     with pytest.raises(RegistryError, match=r"no_such_table.*left untouched") as info:
-        BrokenStoreV2(db)
+        BrokenStoreNext(db)
     assert isinstance(info.value.__cause__, sqlite3.OperationalError)
     assert db.read_bytes() == before
     with RegistryStore(db) as store:  # the first step of the failed migration was rolled back too
