@@ -74,7 +74,20 @@ class NodeContext:
     sessions: ActorRef[Any] | None = None
     listener: ActorRef[Any] | None = None
     #: Owner of paired links (admit/accepted), once links are running; loop-confined.
+    #: The LinksActor itself (actors/links.py), set by its on_start.
     links: Any = None
+    #: The LinksActor's ref (for the Node API and other threads).
+    link_supervisor: ActorRef[Any] | None = None
+    #: The running mDNS Discovery (actors/discovery.py) or None; loop-confined.
+    discovery: Any = None
+    #: Application messages received from peers (actors/link_inbox.Inbox); thread-safe.
+    inbox: Any = None
+    #: Called on the loop thread when ``offers`` changed (the discovery actor sets it to
+    #: re-advertise the open nameplates at once); None without discovery.
+    offers_changed: Any = None
+    #: Cleanup tasks started by stopping actors (e.g. mDNS goodbyes) that the node
+    #: awaits, bounded, before it stops the loop; loop-confined.
+    closing: list[Any] = field(default_factory=list)
     #: (host, port) the listener bound; reset by each listener incarnation.
     bound: concurrent.futures.Future[tuple[str, int]] = field(default_factory=concurrent.futures.Future)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))

@@ -125,9 +125,13 @@ class ListenerActor(Supervised, LoopActor):
         self.ctx.codebook.cancel(nameplate)
         if not offer.result.done():
             offer.result.set_exception(errors.PairingFailed(ErrorCode.CODE_USED_UP, "the code was cancelled"))
+        self._arm_expiry()
         return True
 
     def _arm_expiry(self) -> None:
+        # Called whenever the open codes changed: discovery advertises their nameplates.
+        if self.ctx.offers_changed is not None:
+            self.ctx.offers_changed()
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -159,7 +163,9 @@ class ListenerActor(Supervised, LoopActor):
             return None
         links = self.ctx.links
         if links is None:
-            return ErrorCode.UNKNOWN_PEER
+            # The links supervisor is (re)starting: "try again", never UNKNOWN_PEER, which a
+            # peer delivering an unpair would take as "it no longer knows me" (actors/links.py).
+            return ErrorCode.BUSY
         verdict: ErrorCode | None = links.admit(peer)
         return verdict
 

@@ -7,13 +7,22 @@
         device = bob.join(offer.uri)         # blocks until paired (or PairingFailed)
         assert offer.wait(10).node_id == bob.node_id
 
+Once paired, the two nodes keep a link (actors/links.py)::
+
+    alice.send(bob.node_id, b"hello", timeout=5)    # PeerUnreachable if the link stays down
+    bob.subscribe(lambda peer, payload: ...)        # or: bob.receive(timeout=5)
+    alice.unpair(bob.node_id)                       # True: Bob was told now; False: at next contact
+
 Supervision tree (``rest_for_one``: a child depends on those started before it)::
 
     node (Supervisor, rest_for_one)
     ├── registry   RegistryActor (ThreadingActor; SQLite in the home)   permanent
     ├── sessions   Supervisor (one_for_one) of pairing sessions          permanent
     │   └── pair-i-N / pair-j-N  Initiator/JoinerSession (LoopActor)    temporary
-    └── listener   ListenerActor (LoopActor; the UDP port)               permanent
+    ├── links      LinksActor (LoopActor; the reconnection supervisor)   permanent
+    │   └── link-<fingerprint>  LinkWorker (LoopActor), one per paired device
+    ├── listener   ListenerActor (LoopActor; the UDP port)               permanent
+    └── discovery  DiscoveryActor (LoopActor; mDNS, if enabled)          permanent
 
 All QUIC I/O runs on one event-loop thread owned by the node. Methods of
 :class:`Node` block the calling thread (bounded by their timeouts) and must
@@ -22,10 +31,13 @@ not be called from that loop thread.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import os
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -37,10 +49,15 @@ from protocol import errors
 from protocol.codes import parse_code_or_uri, split_address
 from protocol.errors import ErrorCode, IdentityError
 from protocol.identity import Identity, NodeId
+from protocol.messages import MAX_APP_PAYLOAD
 
 from .context import NodeContext
 from .counters import Counters
 from .device import Device, PairingOffer
+from .link_discovery import RESOLVE_NAMEPLATE_TIMEOUT, DiscoveryActor
+from .link_inbox import Inbox, ReceivedMessage
+from .link_state import LinkStatus, SendRequest
+from .links import LinksActor, UnpairCommand, load_link_records
 from .listener import ListenerActor
 from .logs import get_logger
 from .loop import EventLoopThread
@@ -54,6 +71,12 @@ IDENTITY_FILE = "identity.pem"
 REGISTRY_FILE = "registry.sqlite3"
 #: Seconds a blocking API call may wait on an actor before giving up.
 CALL_TIMEOUT = 10.0
+#: Default bound of ``Node.send`` on a link that is down, and of ``Node.unpair``'s wait
+#: for the peer's acknowledgement.
+SEND_TIMEOUT = 10.0
+UNPAIR_TIMEOUT = 5.0
+#: Bound on the cleanup tasks of stopped actors (mDNS goodbyes: 3 packets ~250 ms apart).
+CLOSING_TIMEOUT = 3.0
 
 
 class _Registry(Supervised, RegistryActor):
@@ -91,6 +114,7 @@ class Node:
             loop_thread=loop,
             log=get_logger(node=identity.node_id.fingerprint),
         )
+        ctx.inbox = Inbox(f"quicpair-{identity.node_id.fingerprint}", ctx.counters, ctx.log)
         self._ctx, self._loop = ctx, loop
         try:
             self._root = Supervisor.start(
@@ -105,8 +129,15 @@ class Node:
                         lambda: self._remember("sessions", Supervisor.start("sessions", max_restarts=10)),
                     ),
                     ChildSpec(
+                        "links",
+                        lambda: self._remember(
+                            "link_supervisor", LinksActor.start_on(loop, ctx, load_link_records(ctx))
+                        ),
+                    ),
+                    ChildSpec(
                         "listener", lambda: self._remember("listener", ListenerActor.start_on(loop, ctx))
                     ),
+                    ChildSpec("discovery", lambda: DiscoveryActor.start_on(loop, ctx)),
                 ],
                 strategy=Strategy.REST_FOR_ONE,
                 on_escalate=self._on_escalate,
@@ -141,7 +172,12 @@ class Node:
                 root.stop(block=True, timeout=timeout)
         loop, self._loop = self._loop, None
         if loop is not None:
+            if self._ctx is not None and loop.is_running():
+                with contextlib.suppress(Exception):  # bounded best effort: goodbyes, not state
+                    loop.submit(_await_all(self._ctx.closing)).result(CLOSING_TIMEOUT + 1.0)
             loop.stop(timeout)
+        if self._ctx is not None and self._ctx.inbox is not None:
+            self._ctx.inbox.close()
         if self._ctx is not None:
             # Nobody will use these codes now: release whoever waits on them.
             for offer in list(self._ctx.offers.values()):
@@ -235,6 +271,8 @@ class Node:
                 raise errors.CodeFormatError(f"address {address!r} is not host:port ({exc})") from exc
         targets += [split_address(a) for a in uri.addresses if split_address(a) not in targets]
         if not targets:
+            targets = self._find_nameplate(uri.code.nameplate)
+        if not targets:
             raise errors.PeerUnreachable(
                 "no address for the initiator: use the pairing URI (or QR code), or give its address"
             )
@@ -258,6 +296,121 @@ class Node:
         except concurrent.futures.TimeoutError as exc:
             raise errors.PairingFailed(ErrorCode.TIMEOUT, f"no result within {bound:g} s") from exc
         return Device.from_record(record)
+
+    def _find_nameplate(self, nameplate: int) -> list[tuple[str, int]]:
+        """Where nodes advertising ``nameplate`` on the LAN listen (mDNS); [] without discovery."""
+        ctx = self._context
+        discovery = ctx.discovery
+        if discovery is None:
+            return []
+
+        async def lookup() -> list[tuple[Any, list[str]]]:
+            found: list[tuple[Any, list[str]]] = await discovery.resolve_nameplate(
+                nameplate, RESOLVE_NAMEPLATE_TIMEOUT
+            )
+            return found
+
+        found = ctx.loop_thread.submit(lookup()).result(RESOLVE_NAMEPLATE_TIMEOUT + CALL_TIMEOUT)
+        targets: list[tuple[str, int]] = []
+        for node, endpoints in found:
+            if node == ctx.identity.node_id:
+                continue
+            for endpoint in endpoints:
+                with contextlib.suppress(ValueError):
+                    target = split_address(endpoint)
+                    if target not in targets:
+                        targets.append(target)
+        ctx.log.info("pairing.nameplate_resolved", nameplate=nameplate, addresses=len(targets))
+        return targets
+
+    # -- links -------------------------------------------------------------------------
+
+    def _tell_links(self, message: Any) -> None:
+        ref = self._context.link_supervisor
+        try:
+            if ref is None:
+                raise pykka.ActorDeadError("not started")
+            ref.tell(message)
+        except pykka.ActorDeadError as exc:
+            raise errors.PeerUnreachable("the links supervisor is restarting; try again") from exc
+
+    def send(self, peer: NodeId, payload: bytes, *, timeout: float = SEND_TIMEOUT) -> None:
+        """Send ``payload`` to the paired device ``peer``, sealed with the link's keys.
+
+        Returns once the message is handed to the link (QUIC then delivers it
+        in order, or the connection dies: at most once, like TCP). While the
+        link is down the message waits, in order, up to ``timeout`` seconds for
+        it to come up; then PeerUnreachable is raised and the message is
+        dropped, never sent later. LocalProtocolError: ``peer`` is not paired
+        (UNKNOWN_PEER) or was unpaired (UNPAIRED), or the payload is larger
+        than MAX_APP_PAYLOAD bytes (FRAME_TOO_LARGE).
+        """
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        data = bytes(payload)
+        if len(data) > MAX_APP_PAYLOAD:
+            raise errors.LocalProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"payload of {len(data)} bytes; at most {MAX_APP_PAYLOAD}"
+            )
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._tell_links(SendRequest(peer, data, time.monotonic() + timeout, future))
+        try:
+            future.result(timeout=timeout + CALL_TIMEOUT)
+        except concurrent.futures.TimeoutError as exc:
+            raise errors.PeerUnreachable(f"no answer from the link to {peer.fingerprint}") from exc
+
+    def subscribe(self, callback: Callable[[NodeId, bytes], None]) -> Callable[[], None]:
+        """Call ``callback(peer, payload)`` for every message from a paired device; returns an unsubscribe.
+
+        Callbacks run on the node's delivery thread (never the network loop),
+        one message at a time, in arrival order. While at least one callback
+        is subscribed, :meth:`receive` gets nothing.
+        """
+        inbox: Inbox = self._context.inbox
+        return inbox.subscribe(callback)
+
+    def receive(self, timeout: float | None = None) -> ReceivedMessage | None:
+        """The oldest message from a paired device, waiting up to ``timeout`` s; None if none came."""
+        inbox: Inbox = self._context.inbox
+        return inbox.receive(timeout)
+
+    def links(self) -> list[LinkStatus]:
+        """Each paired device's link: up or down, the connection in use, this node's role."""
+        ref = self._context.link_supervisor
+        try:
+            if ref is None:
+                raise pykka.ActorDeadError("not started")
+            statuses: list[LinkStatus] = ref.proxy().statuses().get(timeout=CALL_TIMEOUT)
+        except pykka.ActorDeadError as exc:
+            raise errors.PeerUnreachable("the links supervisor is restarting; try again") from exc
+        return statuses
+
+    def unpair(self, peer: NodeId, *, timeout: float = UNPAIR_TIMEOUT) -> bool:
+        """Remove the paired device ``peer`` and tell it.
+
+        The pairing is revoked here durably before this returns: its links
+        are refused from then on. Returns True when the peer acknowledged
+        within ``timeout`` seconds (it removed us and closed the link), False
+        when it will be told at the next contact (the unpair is kept until it
+        is delivered). LocalProtocolError(UNKNOWN_PEER) if ``peer`` is not paired.
+        """
+        revoked: concurrent.futures.Future[None] = concurrent.futures.Future()
+        delivered: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._tell_links(UnpairCommand(peer, revoked, delivered))
+        revoked.result(timeout=CALL_TIMEOUT)
+        try:
+            return delivered.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+
+
+async def _await_all(tasks: list[Any]) -> None:
+    pending = [task for task in tasks if not task.done()]
+    tasks.clear()
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSING_TIMEOUT)
 
 
 def _prepare_home(home: Path) -> None:

@@ -20,8 +20,11 @@ may have written, so nothing half-paired survives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
+
+import pykka
 
 from actors.loopactor import ActorTimer, LoopActor, call_async
 from actors.supervisor import Supervised
@@ -83,19 +86,29 @@ class SessionCrash(RuntimeError):
 
 
 class _LinkEvents:
-    """Adapts QuicLink callbacks into messages to the owning actor."""
+    """Adapts QuicLink callbacks into messages to the owning actor.
+
+    The link outlives its session by design: a session that stops (or
+    crashes) closes its link, and the link's ``closed`` event arrives from a
+    later loop callback, when the actor is gone. Such late events are moot;
+    they are dropped instead of raising ActorDeadError into the link.
+    """
 
     def __init__(self, actor: PairingSessionBase) -> None:
         self._ref = actor.actor_ref
 
+    def _tell(self, message: object) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._ref.tell(message)
+
     def stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
-        self._ref.tell(_StreamData(stream_id, data, ended))
+        self._tell(_StreamData(stream_id, data, ended))
 
     def stream_reset(self, stream_id: int, code: ErrorCode) -> None:
-        self._ref.tell(_StreamReset(stream_id, code))
+        self._tell(_StreamReset(stream_id, code))
 
     def closed(self, code: ErrorCode, reason: str, by_peer: bool) -> None:
-        self._ref.tell(_Closed(code, reason, by_peer))
+        self._tell(_Closed(code, reason, by_peer))
 
 
 class PairingSessionBase(Supervised, LoopActor):

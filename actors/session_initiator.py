@@ -23,6 +23,7 @@ from protocol.messages import DeviceInfo, PairCommit
 from protocol.pairing import (
     CommitRequested,
     Initiator,
+    InitiatorState,
     PairingFailed,
     PairingSucceeded,
     PeerVerified,
@@ -146,6 +147,7 @@ class InitiatorSession(PairingSessionBase):
             else:
                 machine.commit_refused(now)
         elif what == "record":
+            self._announce_paired(result)
             nameplate = self._nameplate()
             offer = self.ctx.offers.pop(nameplate, None) if nameplate is not None else None
             if offer is not None and not offer.result.done() and isinstance(result, DeviceRecord):
@@ -157,10 +159,38 @@ class InitiatorSession(PairingSessionBase):
             else:
                 machine.answer_resolve(record.state is DeviceState.CONFIRMED, record.pairing_secret, now)
 
+    # -- crash ---------------------------------------------------------------------
+
+    def crashed(self, exc: BaseException | None) -> None:
+        # The crash skipped the machine's own ending: end it now, so that the
+        # code it claimed is given back (the attempt stays counted) and the
+        # offer learns of the failure. Left alone, the code stayed HELD for
+        # good: every later attempt got BUSY, and the offer never settled.
+        machine = self.machine
+        if machine is None or machine.is_finished:
+            return
+        machine.abort(ErrorCode.INTERNAL_ERROR, self.ctx.clock())
+        machine.data_to_send()  # on_failure reset the stream already: nothing more goes out
+        while (event := machine.next_event()) is not None:
+            if isinstance(event, PairingFailed):
+                self._on_failed(event)
+
+    def _announce_paired(self, record: Any) -> None:
+        # The new device gets its link now (actors/links.py), not at the next node start.
+        links = self.ctx.links
+        if links is not None and isinstance(record, DeviceRecord) and record.state is DeviceState.CONFIRMED:
+            links.peer_paired(record)
+
     # -- fault injection (``[testing]``; all off on a real device) ---------------
 
     def drop_outgoing(self, data: bytes) -> bool:
-        if not self.ctx.settings.testing.drop_pair_commit:
+        # Only the pairing's own decision is dropped, never a PairCommit that
+        # answers a PairResolve: the switch must leave the joiner in doubt, and
+        # resolving is how it gets out (dropping that too left it pending for good).
+        machine = self.machine
+        if not self.ctx.settings.testing.drop_pair_commit or not (
+            isinstance(machine, Initiator) and machine.state is InitiatorState.S5_succeeded
+        ):
             return False
         decoder = FrameDecoder()
         decoder.feed(data)

@@ -40,7 +40,7 @@ from protocol.pairing import (
 from .context import NodeContext
 from .loopactor import ActorTimer
 from .quic_link import QuicLink
-from .registry import DeviceRecord
+from .registry import DeviceRecord, DeviceState
 from .session import PairingSessionBase
 from .transport import ALPN_PAIR, dial
 
@@ -284,8 +284,10 @@ class JoinerSession(PairingSessionBase):
                     machine.committed(now)
             else:
                 self.log.error("pairing.confirm_refused")
-        elif what == "record" and isinstance(result, DeviceRecord) and not self.result.done():
-            self.result.set_result(result)
+        elif what == "record" and isinstance(result, DeviceRecord):
+            self._announce_paired(result)
+            if not self.result.done():
+                self.result.set_result(result)
 
     def _settle_error(self, error: BaseException) -> None:
         if not self.result.done():
@@ -303,6 +305,12 @@ class JoinerSession(PairingSessionBase):
         if self._task is not None:
             self._task.cancel()
         self._settle_error(errors.PairingFailed(ErrorCode.INTERNAL_ERROR, f"pairing session failed: {exc!r}"))
+
+    def _announce_paired(self, record: Any) -> None:
+        # The new device gets its link now (actors/links.py), not at the next node start.
+        links = self.ctx.links
+        if links is not None and isinstance(record, DeviceRecord) and record.state is DeviceState.CONFIRMED:
+            links.peer_paired(record)
 
     # -- fault injection (``[testing]``; all off on a real device) ---------------
 

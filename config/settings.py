@@ -134,6 +134,8 @@ class LinkSettings:
     stable_after: float = _rule(ge=0, le=3600)
     #: Delay between dialling successive addresses of a peer.
     stagger: float = _rule(ge=0, le=10)
+    #: Bound on one link dial (QUIC handshake) and on the link hello after it.
+    dial_timeout: float = _rule(gt=0, le=600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,8 @@ class TestingSettings:
     crash_session_after: str = _rule(
         check=_check_message, allowed=f'"" or one of {", ".join(_MESSAGE_NAMES)}'
     )
+    #: Both nodes of a pair dial each other (not only the lower NodeId), to force duplicates.
+    force_simultaneous_dial: bool = _rule()
 
 
 @dataclass(frozen=True, slots=True)

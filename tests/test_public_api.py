@@ -26,7 +26,13 @@ def modules() -> list[str]:
 
 
 # Entry-point scripts: they have main() and no importable API.
-SCRIPTS = {"tools.demo", "tools.gen_vectors", "tools.bench_transport", "tools.bench_loopactor", "tools.mdns_probe"}
+SCRIPTS = {
+    "tools.demo",
+    "tools.gen_vectors",
+    "tools.bench_transport",
+    "tools.bench_loopactor",
+    "tools.mdns_probe",
+}
 
 
 @pytest.mark.parametrize("name", modules())

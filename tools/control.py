@@ -13,6 +13,8 @@ precise error and the node goes on.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +37,10 @@ OPS: dict[str, tuple[str, ...]] = {
     "devices": ("include_pending",),
     "device": ("node_id",),
     "counters": (),
+    "links": (),
+    "send": ("node_id", "payload", "base64", "timeout"),
+    "messages": ("timeout",),
+    "unpair": ("node_id", "timeout"),
     "stop": (),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -42,6 +48,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "cancel_offer": ("nameplate",),
     "join": ("code",),
     "device": ("node_id",),
+    "send": ("node_id", "payload"),
+    "unpair": ("node_id",),
 }
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "nameplate": int,
@@ -50,7 +58,11 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "address": str,
     "include_pending": bool,
     "node_id": str,
+    "payload": str,
+    "base64": bool,
 }
+#: Longest wait a request may ask for (a typo of 3600 for 3.6 must not wedge a worker thread).
+MAX_TIMEOUT = 600.0
 
 
 class RequestError(QuicpairError):
@@ -81,6 +93,9 @@ def decode_request(line: str) -> dict[str, Any]:
             (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected)
         ):
             raise RequestError(f"field {name!r} has the wrong type ({type(value).__name__})")
+    timeout = request.get("timeout")
+    if timeout is not None and not 0 <= timeout <= MAX_TIMEOUT:
+        raise RequestError(f"field 'timeout' must be between 0 and {MAX_TIMEOUT:g} seconds")
     return request
 
 
@@ -158,16 +173,57 @@ class Controller:
         return [d.to_dict() for d in self.node.devices(include_pending=bool(request.get("include_pending")))]
 
     def _op_device(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            peer = NodeId.from_text(request["node_id"])
-        except ValueError as exc:
-            raise RequestError(f"node_id: {exc}") from exc
-        device = self.node.device(peer)
+        device = self.node.device(_node_id(request))
         return None if device is None else device.to_dict()
 
     def _op_counters(self, _: dict[str, Any]) -> dict[str, int]:
         return self.node.counters()
 
+    def _op_links(self, _: dict[str, Any]) -> list[dict[str, Any]]:
+        return [status.to_dict() for status in self.node.links()]
+
+    def _op_send(self, request: dict[str, Any]) -> dict[str, Any]:
+        text: str = request["payload"]
+        if request.get("base64"):
+            try:
+                payload = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise RequestError(f"payload: not base64 ({exc})") from exc
+        else:
+            payload = text.encode("utf-8")
+        kwargs = {"timeout": request["timeout"]} if "timeout" in request else {}
+        self.node.send(_node_id(request), payload, **kwargs)
+        return {"sent": len(payload)}
+
+    def _op_messages(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        # The first message is waited for (up to timeout), then whatever else is queued.
+        received = self.node.receive(request.get("timeout", 0.0))
+        messages = []
+        while received is not None:
+            messages.append(_message(received.peer, received.payload))
+            received = self.node.receive(0.0)
+        return messages
+
+    def _op_unpair(self, request: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {"timeout": request["timeout"]} if "timeout" in request else {}
+        return {"delivered": self.node.unpair(_node_id(request), **kwargs)}
+
     def _op_stop(self, _: dict[str, Any]) -> dict[str, Any]:
         self._on_stop()
         return {"stopping": True}
+
+
+def _node_id(request: dict[str, Any]) -> NodeId:
+    try:
+        return NodeId.from_text(request["node_id"])
+    except ValueError as exc:
+        raise RequestError(f"node_id: {exc}") from exc
+
+
+def _message(peer: NodeId, payload: bytes) -> dict[str, Any]:
+    """A received message as JSON: base64 always, and the text when it is UTF-8."""
+    try:
+        text: str | None = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {"node_id": peer.text, "base64": base64.b64encode(payload).decode("ascii"), "text": text}

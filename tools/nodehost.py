@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,6 +58,24 @@ class _Writer:
         with self._lock:
             self._stream.write(json.dumps(obj, sort_keys=True) + "\n")
             self._stream.flush()
+
+
+#: Bound on the wait for actor threads to end after Node.stop() (they end within microseconds).
+STOP_JOIN_TIMEOUT = 5.0
+
+
+def _join_actor_threads(timeout: float) -> None:
+    """Wait for the actor threads still finishing after Node.stop() returned.
+
+    pykka answers a stop before the actor's thread runs its teardown, where a
+    supervised actor logs ``actor.exited``; closing the log file under it lost
+    that line and printed a ValueError traceback on stderr. "stopped" means
+    every thread is gone.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=read_stdin, name="control-stdin", daemon=True).start()
         stopping.wait()
         node.stop()
+    _join_actor_threads(STOP_JOIN_TIMEOUT)
     out.write({"event": "stopped"})
     if args.log:
         log_stream.close()
