@@ -70,9 +70,19 @@ def advertised_ips(direct_addresses: list[str]) -> list[str]:
 class DiscoveryActor(Supervised, LoopActor):
     """Owns the node's Discovery; see the module docstring."""
 
-    def __init__(self, ctx: NodeContext, factory: Callable[[], Discovery] = Discovery) -> None:
+    def __init__(
+        self,
+        ctx: NodeContext,
+        factory: Callable[[], Discovery] = Discovery,
+        factory_for: Callable[[list[str]], Discovery] | None = None,
+    ) -> None:
         super().__init__()
         self.ctx = ctx
+        self._factory_for = factory_for or (
+            (lambda interfaces: Discovery(interfaces=interfaces))
+            if factory is Discovery
+            else lambda _: factory()
+        )
         self.log = (ctx.log or get_logger()).bind(actor="discovery")
         self._factory = factory
         self._discovery: Discovery | None = None
@@ -87,7 +97,13 @@ class DiscoveryActor(Supervised, LoopActor):
 
     def on_start(self) -> None:
         if not self.ctx.settings.discovery.mdns:
-            self.log.info("discovery.disabled")
+            self.log.info("discovery.disabled", reason="[discovery] mdns = false")
+            return
+        host = self.ctx.settings.node.listen_host
+        if ipaddress.ip_address(host).is_loopback:
+            # Nobody on a LAN can reach a node bound to loopback, and mDNS would
+            # otherwise go out on every real interface (network hygiene for tests).
+            self.log.info("discovery.disabled", reason=f"the node listens on loopback ({host})")
             return
         self._starting = self.loop.create_task(self._start())
 
@@ -98,7 +114,9 @@ class DiscoveryActor(Supervised, LoopActor):
         except Exception as exc:
             self.log.warning("discovery.unavailable", error=f"the listener did not bind: {exc!r}")
             return
-        discovery = self._factory()
+        host = ctx.settings.node.listen_host
+        # A node bound to one address speaks mDNS on that interface only.
+        discovery = self._factory() if host in ("0.0.0.0", "::") else self._factory_for([host])
         ips = advertised_ips(ctx.direct_addresses())
         try:
             await discovery.start(ctx.identity.node_id, port, ips)

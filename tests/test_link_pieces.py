@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import pytest
 import structlog
 from conftest import wait_until
+from structlog.testing import capture_logs
 
 from actors.context import NodeContext, Offer
 from actors.counters import Counters
@@ -279,7 +280,8 @@ def loop_thread() -> Iterator[EventLoopThread]:
 def test_the_discovery_actor_advertises_open_nameplates_and_turns_announcements_into_hints(
     tmp_path: Path, loop_thread: EventLoopThread
 ) -> None:
-    settings = load_settings(node={"listen_host": "127.0.0.1", "listen_port": 0}, discovery={"mdns": True})
+    # A documentation address (RFC 5737): never contacted, the discovery here is fake.
+    settings = load_settings(node={"listen_host": "192.0.2.7", "listen_port": 0}, discovery={"mdns": True})
     ctx = NodeContext(
         identity=Identity.generate(),
         settings=settings,
@@ -287,7 +289,7 @@ def test_the_discovery_actor_advertises_open_nameplates_and_turns_announcements_
         counters=Counters(),
         loop_thread=loop_thread,
     )
-    ctx.bound.set_result(("127.0.0.1", 47470))
+    ctx.bound.set_result(("192.0.2.7", 47470))
     links = FakeLinks()
     ctx.links = links
     FakeDiscovery.instances.clear()
@@ -295,7 +297,7 @@ def test_the_discovery_actor_advertises_open_nameplates_and_turns_announcements_
     try:
         wait_until(lambda: ctx.discovery is not None, 5, "discovery started")
         fake = FakeDiscovery.instances[0]
-        assert fake.calls[0] == ("start", 47470, []), "loopback is not advertised: all interfaces"
+        assert fake.calls[0] == ("start", 47470, ["192.0.2.7"]), "only the listen address is advertised"
 
         async def open_code() -> None:
             ctx.offers[42] = Offer(42)
@@ -361,3 +363,21 @@ def test_control_requests_for_links_are_validated_strictly() -> None:
     ]:
         with pytest.raises(RequestError, match=problem):
             decode_request(line)
+
+
+def test_a_node_bound_to_loopback_never_starts_mdns(tmp_path: Path, loop_thread: EventLoopThread) -> None:
+    settings = load_settings(node={"listen_host": "127.0.0.1", "listen_port": 0}, discovery={"mdns": True})
+    ctx = NodeContext(
+        identity=Identity.generate(),
+        settings=settings,
+        home=tmp_path,
+        counters=Counters(),
+        loop_thread=loop_thread,
+    )
+    ctx.bound.set_result(("127.0.0.1", 47470))
+    FakeDiscovery.instances.clear()
+    with capture_logs() as logs:
+        ref = DiscoveryActor.start_on(loop_thread, ctx, FakeDiscovery)
+        ref.stop(timeout=5)
+    assert FakeDiscovery.instances == [] and ctx.discovery is None
+    assert any(e["event"] == "discovery.disabled" and "loopback" in e["reason"] for e in logs)
