@@ -45,9 +45,12 @@ class Device:
     receive_key_fingerprint: str
     #: When the pairing was committed (Unix time).
     paired_at: float
+    #: The short authentication string both sides derived (words people can compare);
+    #: known only to the pairing that produced it, empty for records read later.
+    sas: tuple[str, ...] = ()
 
     @classmethod
-    def from_record(cls, record: DeviceRecord) -> Device:
+    def from_record(cls, record: DeviceRecord, sas: tuple[str, ...] = ()) -> Device:
         return cls(
             node_id=record.node_id,
             name=record.name,
@@ -58,6 +61,7 @@ class Device:
             send_key_fingerprint=record.send_key_fp,
             receive_key_fingerprint=record.receive_key_fp,
             paired_at=record.paired_at,
+            sas=tuple(sas),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +77,7 @@ class Device:
             "send_key_fingerprint": self.send_key_fingerprint,
             "receive_key_fingerprint": self.receive_key_fingerprint,
             "paired_at": self.paired_at,
+            "sas": list(self.sas),
         }
 
 
@@ -110,10 +115,10 @@ class PairingOffer:
     def wait(self, timeout: float | None = None) -> Device:
         """Block until a device paired with this code; PairingFailed if the code ended unused."""
         try:
-            record = self.future.result(timeout=timeout)
+            device: Device = self.future.result(timeout=timeout)
         except concurrent.futures.TimeoutError as exc:
             raise errors.PairingFailed(ErrorCode.TIMEOUT, f"nobody paired within {timeout} s") from exc
-        return Device.from_record(record)
+        return device
 
     def done(self) -> bool:
         return self.future.done()

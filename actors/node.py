@@ -196,6 +196,14 @@ class Node:
     # -- identity and state ------------------------------------------------------
 
     @property
+    def failed(self) -> BaseException | None:
+        """Why the node's root supervisor gave up (restart intensity exceeded), or None.
+
+        A failed node has stopped its actors; a daemon should exit non-zero.
+        """
+        return self._escalated
+
+    @property
     def _context(self) -> NodeContext:
         if self._ctx is None or self._root is None:
             raise RuntimeError("the node is not started")
@@ -292,10 +300,10 @@ class Node:
         pairing = self.settings.pairing
         bound = timeout if timeout is not None else 6 * pairing.step_timeout + pairing.resolve_timeout
         try:
-            record = result.result(timeout=bound)
+            device: Device = result.result(timeout=bound)
         except concurrent.futures.TimeoutError as exc:
             raise errors.PairingFailed(ErrorCode.TIMEOUT, f"no result within {bound:g} s") from exc
-        return Device.from_record(record)
+        return device
 
     def _find_nameplate(self, nameplate: int) -> list[tuple[str, int]]:
         """Where nodes advertising ``nameplate`` on the LAN listen (mDNS); [] without discovery."""

@@ -31,6 +31,7 @@ from protocol.pairing import (
     ResolveRequested,
 )
 
+from .device import Device
 from .quic_link import QuicLink
 from .registry import DeviceRecord, DeviceState
 from .session import PairingSessionBase, SessionCrash
@@ -53,6 +54,7 @@ class InitiatorSession(PairingSessionBase):
         super().__init__(ctx, session_id)
         self._link_to_attach = link
         self._peer = link.peer
+        self._sas: tuple[str, ...] = ()
         self._inspect = FrameDecoder() if ctx.settings.testing.crash_session_after else None
 
     def session_ended(self) -> None:
@@ -88,6 +90,7 @@ class InitiatorSession(PairingSessionBase):
             assert isinstance(machine, Initiator) and machine.pairing_id is not None
             self.write("committed", "confirm", self._peer, machine.pairing_id, self.ctx.wall_clock())
         elif isinstance(event, PairingSucceeded):
+            self._sas = event.keys.sas
             self.pending_confirmed()
             self.ctx.counters.incr("pair.completed.initiator")
             self.log.info(
@@ -151,7 +154,7 @@ class InitiatorSession(PairingSessionBase):
             nameplate = self._nameplate()
             offer = self.ctx.offers.pop(nameplate, None) if nameplate is not None else None
             if offer is not None and not offer.result.done() and isinstance(result, DeviceRecord):
-                offer.result.set_result(result)
+                offer.result.set_result(Device.from_record(result, self._sas))
         elif what == "resolve":
             record = result if isinstance(result, DeviceRecord) else None
             if record is None or record.node_id != self._peer:

@@ -39,6 +39,7 @@ from protocol.pairing import (
 
 from .context import NodeContext
 from .loopactor import ActorTimer
+from .device import Device
 from .quic_link import QuicLink
 from .registry import DeviceRecord, DeviceState
 from .session import PairingSessionBase
@@ -82,6 +83,7 @@ class JoinerSession(PairingSessionBase):
         self._task: asyncio.Task[None] | None = None
         self._retry_timer: ActorTimer | None = None
         self._keys_secret: tuple[bytes, bytes] | None = None
+        self._sas: tuple[str, ...] = ()
 
     # -- connecting --------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class JoinerSession(PairingSessionBase):
             assert self._address is not None
             observed = format_address(*self._address)
             self._keys_secret = (event.keys.pairing_id, event.keys.pairing_secret)
+            self._sas = event.keys.sas
             self.store_pending(self._peer, event.peer_info, event.keys, observed)
         elif isinstance(event, CommitRequested):
             assert isinstance(self.machine, Joiner) and self.machine.pairing_id is not None
@@ -212,7 +215,8 @@ class JoinerSession(PairingSessionBase):
                 self.forget_pending()
             self.ctx.counters.incr("pair.failed.joiner")
             self.log.warning("pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail)
-            self._settle_error(errors.PairingFailed(event.code, event.detail or None, remote=event.remote))
+            # The detail (with the machine's state) is in the log; people get the code's meaning.
+            self._settle_error(errors.PairingFailed(event.code, remote=event.remote))
         elif isinstance(event, PairingInDoubt):
             self._on_in_doubt(event)
         elif isinstance(event, PairingResolved):
@@ -287,7 +291,7 @@ class JoinerSession(PairingSessionBase):
         elif what == "record" and isinstance(result, DeviceRecord):
             self._announce_paired(result)
             if not self.result.done():
-                self.result.set_result(result)
+                self.result.set_result(Device.from_record(result, self._sas))
 
     def _settle_error(self, error: BaseException) -> None:
         if not self.result.done():

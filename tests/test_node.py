@@ -30,6 +30,8 @@ def test_pair_and_join_in_one_process(tmp_path: Path) -> None:
         assert joined.node_id == alice.node_id and offered.node_id == bob.node_id
         assert (joined.name, offered.name) == ("alice", "bob")
         assert joined.state == offered.state == "confirmed"
+        # Both sides can show the same short authentication string.
+        assert len(joined.sas) == 4 and joined.sas == offered.sas
         # Directional keys (DESIGN.md failure #4), checked through fingerprints only.
         assert offered.send_key_fingerprint == joined.receive_key_fingerprint
         assert offered.receive_key_fingerprint == joined.send_key_fingerprint
