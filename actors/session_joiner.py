@@ -38,8 +38,8 @@ from protocol.pairing import (
 )
 
 from .context import NodeContext
-from .loopactor import ActorTimer
 from .device import Device
+from .loopactor import ActorTimer
 from .quic_link import QuicLink
 from .registry import DeviceRecord, DeviceState
 from .session import PairingSessionBase
