@@ -49,6 +49,7 @@ from protocol import errors
 from protocol.codes import parse_code_or_uri, split_address
 from protocol.errors import ErrorCode, IdentityError
 from protocol.identity import Identity, NodeId
+from protocol.keys import Role
 from protocol.messages import MAX_APP_PAYLOAD
 
 from .context import NodeContext
@@ -61,7 +62,7 @@ from .links import LinksActor, UnpairCommand, load_link_records
 from .listener import ListenerActor
 from .logs import get_logger
 from .loop import EventLoopThread
-from .registry import DeviceState, RegistryActor, RegistryStore
+from .registry import DeviceRecord, DeviceState, RegistryActor, RegistryStore
 from .session_joiner import JoinerSession
 from .supervisor import ChildSpec, Restart, Strategy, Supervised, Supervisor
 
@@ -103,8 +104,10 @@ class Node:
         _prepare_home(self.home)
         identity = Identity.load_or_create(self.home / IDENTITY_FILE)
         # Open and check the registry once up front, so a corrupt or newer
-        # file is a clear error from start(), not a restart loop.
-        RegistryStore(self.home / REGISTRY_FILE).close()
+        # file is a clear error from start(), not a restart loop; and recover
+        # pairings a previous run left half-done (see _recover_pairings).
+        with RegistryStore(self.home / REGISTRY_FILE) as store:
+            in_doubt = _recover_pairings(store)
         loop = EventLoopThread(f"quicpair-loop-{identity.node_id.fingerprint}").start()
         ctx = NodeContext(
             identity=identity,
@@ -147,7 +150,36 @@ class Node:
             self._shutdown()
             raise
         ctx.log.info("node.started", node_id=identity.node_id.text, address=self.address, home=str(self.home))
+        for record in in_doubt:
+            self._resume_in_doubt(record)
         return self
+
+    def _resume_in_doubt(self, record: DeviceRecord) -> None:
+        """Ask the initiator again about a pairing we voted for but never heard decided."""
+        ctx = self._context
+        sessions = ctx.sessions
+        targets = []
+        for address in (*record.addresses, *([record.observed_address] if record.observed_address else [])):
+            try:
+                target = split_address(address)
+            except ValueError:
+                continue
+            if target not in targets:
+                targets.append(target)
+        if sessions is None or not targets:
+            ctx.log.warning("pairing.unresolved", peer=record.node_id.fingerprint, reason="no address to ask")
+            return
+        ctx.log.info("pairing.resume_in_doubt", peer=record.node_id.fingerprint)
+        name = f"pair-r-{ctx.next_id()}"
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        spec = ChildSpec(
+            name,
+            lambda: JoinerSession.start_on(
+                ctx.loop_thread, ctx, name, None, targets, record.node_id, result, resume=record
+            ),
+            restart=Restart.TEMPORARY,
+        )
+        sessions.proxy().start_child(spec).get(timeout=CALL_TIMEOUT)
 
     def _remember(self, name: str, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
         assert self._ctx is not None
@@ -419,6 +451,24 @@ async def _await_all(tasks: list[Any]) -> None:
     tasks.clear()
     if pending:
         await asyncio.wait(pending, timeout=CLOSING_TIMEOUT)
+
+
+def _recover_pairings(store: RegistryStore) -> list[DeviceRecord]:
+    """Settle what a previous run of this node left PENDING (2PC recovery).
+
+    As initiator we are the coordinator: a pairing we never confirmed was
+    never decided, so it is aborted (presumed abort) and its record deleted;
+    a joiner asking about it is told ABORTED. As joiner, a PENDING pairing
+    is one we voted for without hearing the decision: returned, so the node
+    asks the initiator again (PairResolve) once it runs.
+    """
+    in_doubt = []
+    for record in store.list([DeviceState.PENDING]):
+        if record.role is Role.INITIATOR:
+            store.delete_pending(record.node_id, record.pairing_id)
+        else:
+            in_doubt.append(record)
+    return in_doubt
 
 
 def _prepare_home(home: Path) -> None:

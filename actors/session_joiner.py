@@ -66,12 +66,17 @@ class JoinerSession(PairingSessionBase):
         self,
         ctx: NodeContext,
         session_id: str,
-        code: PairingCode,
+        code: PairingCode | None,
         addresses: list[tuple[str, int]],
         expect: NodeId | None,
         result: concurrent.futures.Future[Any],
+        *,
+        resume: DeviceRecord | None = None,
     ) -> None:
+        """``resume``: a PENDING record left in doubt by an earlier run: only ask about it."""
         super().__init__(ctx, session_id)
+        if (code is None) == (resume is None):
+            raise ValueError("a joiner session needs a code, or a pending record to resume")
         self._code = code
         self._addresses = addresses
         self._expect = expect
@@ -84,11 +89,20 @@ class JoinerSession(PairingSessionBase):
         self._retry_timer: ActorTimer | None = None
         self._keys_secret: tuple[bytes, bytes] | None = None
         self._sas: tuple[str, ...] = ()
+        self._resume = resume
 
     # -- connecting --------------------------------------------------------------
 
     def on_start(self) -> None:
         super().on_start()
+        record = self._resume
+        if record is not None:
+            # In doubt since an earlier run: go straight to PairResolve.
+            self._peer = record.node_id
+            self._address = self._addresses[0]
+            self._keys_secret = self._in_doubt = (record.pairing_id, record.pairing_secret)
+            self._resolve_until = self.ctx.clock() + self.ctx.settings.pairing.resolve_timeout
+            self.ctx.counters.incr("pair.in_doubt.joiner")
         self._dial(self._addresses, self._expect)
 
     def _dial(self, addresses: list[tuple[str, int]], expect: NodeId | None) -> None:
@@ -154,6 +168,7 @@ class JoinerSession(PairingSessionBase):
         self._streams_seen += 1
         if self._in_doubt is None:
             self.ctx.counters.incr("pair.streams.joiner")
+            assert self._code is not None
             self.install(
                 Joiner(
                     local=self.ctx.identity.node_id,
@@ -261,14 +276,16 @@ class JoinerSession(PairingSessionBase):
             self._settle_error(
                 errors.PairingFailed(
                     ErrorCode.TIMEOUT,
-                    "the initiator did not confirm in time; the device stays pending until next contact",
+                    "the initiator did not answer in time; the device stays pending and is asked "
+                    "about again when this node next starts",
                 )
             )
             self.stop()
             return
         assert self._address is not None and self._peer is not None
-        address, peer = self._address, self._peer
-        self._retry_timer = self.call_later(RESOLVE_RETRY, self._redial, [address], peer)
+        # Where it answered last, then every address it gave us.
+        targets = [self._address, *(a for a in self._addresses if a != self._address)]
+        self._retry_timer = self.call_later(RESOLVE_RETRY, self._redial, targets, self._peer)
 
     def _redial(self, addresses: list[tuple[str, int]], peer: NodeId) -> None:
         self._retry_timer = None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import socket
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from actors import Node
 from config.settings import Settings, load_settings
@@ -105,3 +107,79 @@ def test_corrupt_registry_is_a_clear_error_and_left_untouched(tmp_path: Path) ->
     with pytest.raises(RegistryError):
         Node(home, settings("a")).start()
     assert registry.read_bytes() == before
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_a_joiner_left_in_doubt_asks_again_when_it_next_starts(tmp_path: Path) -> None:
+    """2PC recovery: the decision was lost and the initiator went away; the next start settles it."""
+    port = free_udp_port()
+    alice_settings = load_settings(
+        node={"listen_host": "127.0.0.1", "listen_port": port, "name": "alice"},
+        pairing={"step_timeout": 2.0},
+        discovery={"mdns": False},
+        testing={"drop_pair_commit": True},
+    )
+    bob_settings = settings("bob", resolve_timeout=1.0)
+    alice = Node(tmp_path / "alice", alice_settings).start()
+    bob = Node(tmp_path / "bob", bob_settings).start()
+    try:
+        offer = alice.pair()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            joining = pool.submit(bob.join, offer.uri, timeout=20)
+            assert offer.wait(timeout=15).state == "confirmed"  # Alice committed; PairCommit dropped
+            alice.stop()  # ...and she is gone before Bob could ask
+            with pytest.raises(PairingFailed) as info:
+                joining.result(timeout=20)
+        assert info.value.code is ErrorCode.TIMEOUT
+        [pending] = bob.devices(include_pending=True)
+        assert pending.state == "pending" and pending.node_id.raw != b""
+    finally:
+        bob.stop()
+        alice.stop()
+
+    alice = Node(tmp_path / "alice", alice_settings).start()  # same home, same port
+    bob = Node(tmp_path / "bob", bob_settings).start()
+    try:
+        wait_until(
+            lambda: [d.state for d in bob.devices(include_pending=True)] == ["confirmed"],
+            timeout=15,
+            what="Bob's pending pairing resolved as committed",
+        )
+        assert [d.node_id for d in alice.devices()] == [bob.node_id]
+    finally:
+        bob.stop()
+        alice.stop()
+
+
+def test_an_initiator_never_keeps_a_pairing_it_did_not_commit(tmp_path: Path) -> None:
+    """Presumed abort: a PENDING record of ours as initiator is deleted at start."""
+    from actors.registry import DeviceRecord, DeviceState, RegistryStore
+    from protocol.identity import Identity
+    from protocol.keys import Role
+
+    home = tmp_path / "alice"
+    Node(home, settings("alice")).start().stop()
+    peer = Identity.generate().node_id
+    with RegistryStore(home / "registry.sqlite3") as store:
+        store.add_pending(
+            DeviceRecord(
+                node_id=peer,
+                name="bob",
+                role=Role.INITIATOR,
+                state=DeviceState.PENDING,
+                pairing_id=b"\x01" * 32,
+                pairing_secret=b"\x02" * 32,
+                send_key_fp="a" * 16,
+                receive_key_fp="b" * 16,
+                paired_at=1.0,
+                updated_at=1.0,
+            )
+        )
+    with Node(home, settings("alice")) as alice:
+        assert alice.devices(include_pending=True) == []
