@@ -29,6 +29,7 @@ import pykka
 from actors.loopactor import ActorTimer, LoopActor, call_async
 from actors.supervisor import Supervised
 from protocol.errors import ErrorCode, QuicpairError
+from protocol.framing import FrameDecoder
 from protocol.identity import NodeId
 from protocol.keys import PairingKeys, Role
 from protocol.messages import DeviceInfo
@@ -263,6 +264,15 @@ class PairingSessionBase(Supervised, LoopActor):
 
     def drop_outgoing(self, data: bytes) -> bool:
         """Fault injection hook (``[testing]``): True drops this frame on purpose."""
+        return False
+
+    def dropping(self, data: bytes, message_type: type) -> bool:
+        """True (and logged) when ``data`` carries a ``message_type`` frame: for drop_outgoing."""
+        decoder = FrameDecoder()
+        decoder.feed(data)
+        if any(isinstance(m, message_type) for m in decoder):
+            self.log.warning("testing.dropped", message=message_type.__name__)
+            return True
         return False
 
     def maybe_crash_before(self, data: bytes) -> None:

@@ -195,12 +195,7 @@ class InitiatorSession(PairingSessionBase):
             isinstance(machine, Initiator) and machine.state is InitiatorState.S5_succeeded
         ):
             return False
-        decoder = FrameDecoder()
-        decoder.feed(data)
-        if any(isinstance(m, PairCommit) for m in decoder):
-            self.log.warning("testing.dropped", message="PairCommit")
-            return True
-        return False
+        return self.dropping(data, PairCommit)
 
     def maybe_crash_before(self, data: bytes) -> None:
         if self._inspect is None:

@@ -22,7 +22,6 @@ from typing import Any
 from protocol import errors
 from protocol.codes import PairingCode, format_address
 from protocol.errors import ErrorCode, QuicpairError
-from protocol.framing import FrameDecoder
 from protocol.identity import NodeId
 from protocol.keys import Role
 from protocol.messages import DeviceInfo, PairDone
@@ -338,9 +337,4 @@ class JoinerSession(PairingSessionBase):
     def drop_outgoing(self, data: bytes) -> bool:
         if not self.ctx.settings.testing.drop_pair_done:
             return False
-        decoder = FrameDecoder()
-        decoder.feed(data)
-        if any(isinstance(m, PairDone) for m in decoder):
-            self.log.warning("testing.dropped", message="PairDone")
-            return True
-        return False
+        return self.dropping(data, PairDone)

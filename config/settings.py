@@ -164,7 +164,7 @@ class TestingSettings:
     drop_pair_done: bool = _rule()
     #: The initiator drops its PairCommit instead of sending it.
     drop_pair_commit: bool = _rule()
-    #: The session actor crashes right after handling this message ("" = never).
+    #: The session actor crashes when this message arrives, before handling it ("" = never).
     crash_session_after: str = _rule(
         check=_check_message, allowed=f'"" or one of {", ".join(_MESSAGE_NAMES)}'
     )
