@@ -52,7 +52,7 @@ from protocol.link import AddressesReceived, AppDataReceived, LinkChannel, LinkE
 from .context import NodeContext
 from .link_choice import LinkConns
 from .link_conn import ConnClosed, ConnData, ConnReset, LinkConn
-from .link_dial import SOURCE_HINT, SOURCE_STORED, DialDone, DialLoop
+from .link_dial import SOURCE_HINT, SOURCE_STORED, DialDone, DialLoop, dialable_observed
 from .link_outbox import Outbox
 from .link_state import (
     Accepted,
@@ -339,7 +339,9 @@ class LinkWorker(Supervised, LoopActor):
             if conn.dialed:
                 self._write("worked", "mark_address_worked", self.peer, conn.address, now)
             else:
-                self._write("observed", "record_observed", self.peer, conn.address, now)
+                observed = dialable_observed(conn.address, announced)
+                if observed is not None:
+                    self._write("observed", "record_observed", self.peer, observed, now)
             self._write("record", "get", self.peer)
             if conn is self._conns.primary and not self._up:
                 self._go_up(conn)

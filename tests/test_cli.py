@@ -443,21 +443,65 @@ def test_oneshot_pairs_without_daemons(tmp_path: Path, procs: Any) -> None:
 # -- the demo ---------------------------------------------------------------------------------
 
 
-def test_the_demo_runs_end_to_end() -> None:
+@pytest.mark.parametrize("dialer", ["alice", "bob"])
+def test_the_demo_runs_end_to_end(dialer: str) -> None:
+    """``--dialer`` fixes who holds the lower NodeId, so both restart paths run: Bob waits or Bob dials."""
+    from protocol.identity import NodeId
+
     result = subprocess.run(
-        [sys.executable, "-m", "tools.demo"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tools.demo", "--dialer", dialer],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "FAILED" not in out and "Traceback" not in result.stderr
+    assert "[FAIL]" not in out and "Traceback" not in result.stderr
+    # The dialer the demo names is the lower NodeId of the two it printed at the start.
+    ids: dict[str, str] = {}
+    for words in (line.split() for line in out.splitlines()):
+        if len(words) > 2 and words[0] in ("alice", "bob") and words[1] == "NodeId":
+            ids.setdefault(words[0], words[2])
+    lower, higher = sorted(ids, key=lambda name: NodeId.from_text(ids[name]).raw)
+    assert lower == dialer
+    low, high = lower.capitalize(), higher.capitalize()
     for line in (
+        "link.idle_timeout=3 (30)  link.keepalive_interval=1 (10)  link.backoff_min=0.2 (0.5)",
         "[ok] same SAS words on both sides",
         "[ok] Alice (initiator) used 1 QUIC connection and 1 stream",
         "[ok] Bob (joiner) used 1 QUIC connection and 1 stream",
         "[ok] on each side the send key differs from the receive key",
+        # 4. the link comes up by itself, dialed by the lower NodeId
+        f"so {low} dials and {high} only accepts",
+        "[ok] link up on both sides (`links`): 1 connection each, the same connection id ",
+        f"[ok] {low}: role dialer, dialed by local; {high}: role listener, dialed by peer",
+        f"[ok] {low} dialed ",
+        f"{high}: link.dials 0, link.connections_accepted 1",
+        # 5. a message each way, zero reconnects while both are up
+        '[ok] Alice -> Bob: "hello from Alice", received from NodeId',
+        '[ok] Bob -> Alice: "hello from Bob", received from NodeId',
+        "idle for 4 s, longer than the 3 s idle timeout",
+        "[ok] still up on both sides, on the same connection ",
+        "[ok] Alice's counters: link.up 1, link.down 0, link.reconnects 0, link.messages_sent 1, "
+        "link.messages_received 1",
+        "[ok] Bob's counters: link.up 1, link.down 0, link.reconnects 0, link.messages_sent 1, "
+        "link.messages_received 1",
+        # 6. Bob restarts: the pairing persisted, the link comes back from the stored address
         "[ok] Bob's process stopped cleanly (exit status 0)",
+        "[ok] Alice saw the link go down: link.down GOING_AWAY from Bob",
+        "[ok] Bob came back with the same NodeId",
         "[ok] Bob's registry still holds Alice, confirmed",
-        "5. Links and reconnection",
+        "[ok] link up again on both sides: 1 connection each, the same new connection id ",
+        "ms after Bob's node.started; Alice's link was down ",
+        f"[ok] {low} redialed {high}'s stored address ",
+        "[ok] no mDNS lookup on either side",
+        '[ok] Alice -> Bob: "hello again from Alice"',
+        '[ok] Bob -> Alice: "hello again from Bob"',
+        "[ok] Alice (her process ran throughout): link.up 2, link.down 1, link.reconnects 1",
+        f"[ok] Bob's new process: link.up 1, link.down 0, link.reconnects 0; {high} never dialed",
     ):
         assert line in out, out
-    assert out.rstrip().endswith("checks passed.")
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("All ") and " checks passed in " in last, out
