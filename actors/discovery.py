@@ -2,14 +2,9 @@
 
 Every node advertises one ``_quicpair._udp.local.`` service: the instance is
 named after its NodeId fingerprint, the SRV port is its QUIC listen port, the
-A/AAAA records are its direct addresses, and the TXT record says::
-
-    v=1                      the TXT format version
-    id=<NodeId text>         who this is (52 base32 characters)
-    np=<n>[,<n>...]          the nameplates of the pairing codes open right now
-
-Nothing derived from a code's secret words is ever advertised: a nameplate
-only says "this node has a code open", as on the code's own first field.
+A/AAAA records are its direct addresses, and the TXT record
+(actors/discovery_txt.py) holds its NodeId, a boot id drawn at each start,
+and the nameplates of its open codes, nothing secret.
 
 What discovery returns is a hint, never a credential: anyone on the LAN can
 advertise any id. The QUIC handshake pins the NodeId, so a lie only costs a
@@ -30,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ifaddr
@@ -50,12 +45,26 @@ from zeroconf import (
 from zeroconf._dns import DNSRecord, DNSText
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from protocol.errors import ErrorCode, QuicpairError, RemoteProtocolError
+from protocol.errors import QuicpairError, RemoteProtocolError
 from protocol.identity import NodeId
 
+from .discovery_txt import (
+    BOOT_ID_LENGTH,
+    MAX_NAMEPLATES,
+    SERVICE_TYPE,
+    TXT_VERSION,
+    Advert,
+    decode_txt,
+    encode_txt,
+    format_endpoint,
+    instance_name,
+    new_boot_id,
+)
 from .logs import get_logger
 
+# The TXT record's names are re-exported: callers find everything mDNS here.
 __all__ = [
+    "BOOT_ID_LENGTH",
     "MAX_NAMEPLATES",
     "SERVICE_TYPE",
     "TXT_VERSION",
@@ -66,13 +75,8 @@ __all__ = [
     "encode_txt",
     "format_endpoint",
     "instance_name",
+    "new_boot_id",
 ]
-
-SERVICE_TYPE = "_quicpair._udp.local."
-TXT_VERSION = "1"
-#: One TXT string holds at most 255 bytes (RFC 6763 6.1): "np=" + 40 x "9999," fits (202).
-MAX_NAMEPLATES = 40
-_NAMEPLATE_MAX = 9999  # nameplates are 1..9999 (the pairing code's first field)
 
 #: Called on the loop with a node's NodeId and its "host:port" endpoints.
 WatchCallback = Callable[[NodeId, list[str]], None]
@@ -88,96 +92,7 @@ _TYPE_TXT = 16
 _CLASS_IN = 1
 
 
-# -- the TXT record (pure) --------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Advert:
-    """What a node's TXT record says about it."""
-
-    #: The node that claims this advert (a hint: the handshake proves it).
-    node_id: NodeId
-    #: Nameplates of the pairing codes open on that node.
-    nameplates: frozenset[int]
-
-
-def instance_name(node_id: NodeId) -> str:
-    """The DNS-SD instance label a node advertises under, e.g. ``quicpair-abcd-efgh``."""
-    return f"quicpair-{node_id.fingerprint}"
-
-
-def encode_txt(node_id: NodeId, nameplates: Collection[int] = ()) -> bytes:
-    """The TXT rdata for a node (RFC 6763 6.1 strings); ``np`` only while a code is open."""
-    plates = sorted(set(nameplates))
-    if len(plates) > MAX_NAMEPLATES:
-        raise ValueError(f"at most {MAX_NAMEPLATES} nameplates fit in one TXT string, got {len(plates)}")
-    for plate in plates:
-        if isinstance(plate, bool) or not isinstance(plate, int) or not 1 <= plate <= _NAMEPLATE_MAX:
-            raise ValueError(f"a nameplate is an integer 1..{_NAMEPLATE_MAX}, not {plate!r}")
-    items = [f"v={TXT_VERSION}", f"id={node_id.text}"]
-    if plates:
-        items.append("np=" + ",".join(str(p) for p in plates))
-    return b"".join(bytes([len(item)]) + item.encode("ascii") for item in items)
-
-
-def _bad(message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(ErrorCode.MALFORMED_MESSAGE, f"bad quicpair TXT record: {message}")
-
-
-def decode_txt(rdata: bytes) -> Advert:
-    """Parse TXT rdata from the network into an :class:`Advert`.
-
-    Keys are case-insensitive and only a key's first occurrence counts (RFC
-    6763 6.4); unknown keys are ignored so later versions can add some.
-    Anything else that is wrong (truncated strings, missing or malformed
-    ``v``/``id``/``np``) raises RemoteProtocolError: MALFORMED_MESSAGE, or
-    UNSUPPORTED_VERSION for another ``v``.
-    """
-    fields: dict[str, bytes | None] = {}
-    pos = 0
-    while pos < len(rdata):
-        end = pos + 1 + rdata[pos]
-        if end > len(rdata):
-            raise _bad("a string runs past the end of the record")
-        key, sep, value = rdata[pos + 1 : end].partition(b"=")
-        pos = end
-        if key:
-            fields.setdefault(key.decode("ascii", "replace").lower(), value if sep else None)
-    version = fields.get("v")
-    if version is None:
-        raise _bad("no v=")
-    if version != TXT_VERSION.encode():
-        raise RemoteProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"quicpair TXT version {version[:16]!r}")
-    raw_id = fields.get("id")
-    if raw_id is None:
-        raise _bad("no id=")
-    try:
-        node_id = NodeId.from_text(raw_id.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _bad(f"id= is not a NodeId ({exc})") from exc
-    if "np" not in fields:
-        return Advert(node_id, frozenset())
-    return Advert(node_id, _decode_nameplates(fields["np"]))
-
-
-def _decode_nameplates(raw: bytes | None) -> frozenset[int]:
-    if not raw:
-        raise _bad("np= without a value")
-    parts = raw.split(b",")
-    if len(parts) > MAX_NAMEPLATES:
-        raise _bad(f"more than {MAX_NAMEPLATES} nameplates")
-    plates = set()
-    for part in parts:
-        # Canonical decimal only: no sign, blanks, leading zeros or non-ASCII digits.
-        if not (part.isascii() and part.isdigit() and part[:1] != b"0" and len(part) <= 4):
-            raise _bad(f"nameplate {part[:8]!r} is not 1..{_NAMEPLATE_MAX}")
-        plates.add(int(part))
-    return frozenset(plates)
-
-
-def format_endpoint(host: str, port: int) -> str:
-    """``host:port`` with IPv6 in brackets (``[fe80::1%2]:4433``), as dialers take it."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+# -- our addresses ------------------------------------------------------------
 
 
 def _check_addresses(addresses: Iterable[str]) -> list[str]:
@@ -211,12 +126,22 @@ class Discovery:
     """Advertise this node and find others on the LAN, on the caller's asyncio loop.
 
     ``interfaces`` restricts mDNS to the interfaces holding these addresses
-    (default: all); ``ipv6`` also runs mDNS over IPv6 (ff02::fb).
+    (default: all); ``ipv6`` also runs mDNS over IPv6 (ff02::fb). ``rand``
+    draws the boot id at each :meth:`start`.
     """
 
-    def __init__(self, *, interfaces: Sequence[str] | None = None, ipv6: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        interfaces: Sequence[str] | None = None,
+        ipv6: bool = True,
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self._interfaces = list(interfaces) if interfaces is not None else None
         self._ipv6 = ipv6
+        self._rand = rand
+        #: This start's boot id (None until started).
+        self._boot: str | None = None
         self._log: Any = get_logger(component="discovery")
         self._azc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
@@ -252,6 +177,7 @@ class Discovery:
         if not 0 < port < 65536:
             raise ValueError(f"not a UDP port: {port}")
         self._node, self._port = node_id, port
+        self._boot = new_boot_id(self._rand)
         self._log = self._log.bind(node=node_id.fingerprint)
         self._set_addresses(addresses)
         choice: Any = InterfaceChoice.All
@@ -298,6 +224,11 @@ class Discovery:
 
     # -- what we advertise -------------------------------------------------
 
+    @property
+    def boot_id(self) -> str | None:
+        """The boot id this start advertises (``b=`` in the TXT record); None before start."""
+        return self._boot
+
     async def set_nameplates(self, nameplates: Collection[int]) -> None:
         """Advertise exactly these nameplates (an empty set removes ``np``)."""
         encode_txt(self._require_node(), nameplates)  # validate before changing anything
@@ -335,7 +266,7 @@ class Discovery:
             SERVICE_TYPE,
             f"{name}.{SERVICE_TYPE}",
             port=self._port,
-            properties=encode_txt(node, self._nameplates),
+            properties=encode_txt(node, self._nameplates, self._boot),
             server=f"quicpair-{node.fingerprint}.local.",
             parsed_addresses=self._addresses,
         )
@@ -396,21 +327,26 @@ class Discovery:
             zc.async_send(out)
 
     def _log_advertised(self, info: ServiceInfo) -> None:
+        advert = decode_txt(info.text)
         self._log.info(
             "discovery.advertised",
             name=info.get_name(),
             port=info.port,
             addresses=info.parsed_addresses(),
-            nameplates=sorted(decode_txt(info.text).nameplates),
+            nameplates=sorted(advert.nameplates),
+            boot=advert.boot,
         )
 
     # -- what others advertise ---------------------------------------------
 
     def watch(self, callback: WatchCallback) -> Callable[[], None]:
-        """Call ``callback(node_id, endpoints)`` when a node appears or its endpoints change.
+        """Call ``callback(node_id, endpoints)`` when a node appears, restarts or moves.
 
-        A hint for the reconnection supervisor to dial now. Not for ourselves,
-        not for nameplate-only changes. Returns a function that unsubscribes.
+        A hint for the reconnection supervisor to dial now. It fires when a
+        node is first learned, when its endpoints change, and when its boot id
+        changes (it restarted, maybe at the very same endpoints). Not for
+        ourselves, not for nameplate-only changes. Returns a function that
+        unsubscribes.
         """
         self._watchers.append(callback)
         return lambda: self._watchers.remove(callback) if callback in self._watchers else None
@@ -499,14 +435,17 @@ class Discovery:
 
     def _parse(self, zc: Zeroconf, info: ServiceInfo) -> tuple[Advert, list[str]] | None:
         # The newest TXT, not zeroconf's pick: a record replaced within a second
-        # of the previous one stays cached next to it (RFC 6762 10.2).
+        # of the previous one stays cached next to it (RFC 6762 10.2). One replaced
+        # later is "marked to expire in 1 s", which zeroconf does by setting its
+        # creation time to the new one's and its TTL to 1: on a tie, the longer TTL
+        # is the new record (without this a restarted node's new boot id was missed).
         now = current_time_millis()
         texts = [
             record
             for record in zc.cache.get_all_by_details(info.name, _TYPE_TXT, _CLASS_IN)
             if isinstance(record, DNSText) and not record.is_expired(now)
         ]
-        rdata = max(texts, key=lambda record: record.created).text if texts else info.text
+        rdata = max(texts, key=lambda record: (record.created, record.ttl)).text if texts else info.text
         try:
             advert = decode_txt(rdata)
         except RemoteProtocolError as exc:
@@ -544,9 +483,18 @@ class Discovery:
         previous = self._names.get(name)
         self._names[name] = current
         self._notify()
-        if advert.node_id == self._node or (previous is not None and previous[1] == endpoints):
+        if advert.node_id == self._node:
             return
-        self._log.info("discovery.resolved", peer=advert.node_id.fingerprint, endpoints=endpoints)
+        if previous is not None and (previous[0].boot, previous[1]) == (advert.boot, endpoints):
+            return  # a refresh, or only the nameplates changed
+        restarted = previous is not None and previous[0].boot != advert.boot
+        self._log.info(
+            "discovery.resolved",
+            peer=advert.node_id.fingerprint,
+            endpoints=endpoints,
+            boot=advert.boot,
+            restarted=restarted,
+        )
         for callback in list(self._watchers):
             try:
                 callback(advert.node_id, list(endpoints))

@@ -20,6 +20,9 @@ passed, and killed with SIGKILL if it failed, so a broken test never leaves
 a process behind. :meth:`NodeProcess.kill` (SIGKILL by default) and
 :meth:`NodeProcess.restart` (same home, same port) serve crash tests.
 
+``netns="NAME"`` runs a node inside a namespace of tests/netns.py (``ip netns
+exec``), where it may run mDNS; in the test's own namespace mDNS is refused.
+
 :class:`RelayProcess` runs tools/relay.py, a man in the middle with its own
 identity; both share :class:`ChildProcess` (a ``python -m`` child printing
 JSON lines, ``ready`` first).
@@ -135,6 +138,8 @@ class ChildProcess:
         self._ready: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self._reader: threading.Thread | None = None
         self._stderr: IO[str] | None = None
+        #: Put before ``python -m MODULE`` (e.g. ``ip netns exec NAME``); it must exec, not fork.
+        self.command_prefix: list[str] = []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, pid={self.proc.pid if self.proc else None})"
@@ -152,7 +157,7 @@ class ChildProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         self._stderr = open(self.stderr_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in _reap
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
+            [*self.command_prefix, sys.executable, "-m", module, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -293,11 +298,19 @@ class NodeProcess(ChildProcess):
         settings: Sequence[str] = (),
         *,
         listen: str = "127.0.0.1:0",
+        netns: str | None = None,
     ) -> None:
         super().__init__(name, workdir)
         self.home = workdir / name
         self.settings = [*BASE_SETTINGS, *settings]
         self.listen = listen
+        #: The network namespace the node runs in (None: the test's own).
+        self.netns = netns
+        if netns is not None:
+            # `ip netns exec` execs after setns(): kill() still reaches the node itself.
+            self.command_prefix = ["ip", "netns", "exec", netns]
+        elif _mdns_enabled(self.settings):  # network hygiene: never on the real interfaces
+            raise ValueError(f"{name}: mDNS only inside a test's own network namespace (netns=...)")
         #: 1 for the first start, +1 for each restart (each has its own log file).
         self.incarnation = 0
         self._ids = itertools.count(1)
@@ -511,6 +524,12 @@ class NodeProcess(ChildProcess):
         )
 
 
+def _mdns_enabled(settings: Sequence[str]) -> bool:
+    """What ``--set discovery.mdns=...`` items amount to: the last one wins, as in nodehost."""
+    values = [item.partition("=")[2].strip() for item in settings if item.startswith("discovery.mdns=")]
+    return (values[-1] if values else "true") != "false"  # true in config/defaults.toml
+
+
 class NodeFactory:
     """Starts nodes for one test and ends them all afterwards (see :func:`nodes`)."""
 
@@ -518,9 +537,11 @@ class NodeFactory:
         self.workdir = workdir
         self.started: list[NodeProcess] = []
 
-    def node(self, name: str, *settings: str, listen: str = "127.0.0.1:0") -> NodeProcess:
+    def node(
+        self, name: str, *settings: str, listen: str = "127.0.0.1:0", netns: str | None = None
+    ) -> NodeProcess:
         """A node not yet launched (call ``.start()``), ended with the test."""
-        node = NodeProcess(name, self.workdir, settings, listen=listen)
+        node = NodeProcess(name, self.workdir, settings, listen=listen, netns=netns)
         self.started.append(node)
         return node
 

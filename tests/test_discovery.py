@@ -27,12 +27,14 @@ from netns import Host, lan
 
 import actors.discovery as discovery
 from actors.discovery import (
+    BOOT_ID_LENGTH,
     MAX_NAMEPLATES,
     Advert,
     decode_txt,
     encode_txt,
     format_endpoint,
     instance_name,
+    new_boot_id,
 )
 from protocol.errors import ErrorCode, RemoteProtocolError
 from protocol.identity import Identity, NodeId
@@ -65,9 +67,28 @@ def test_txt_holds_version_id_and_sorted_nameplates_only() -> None:
 
 def test_txt_fits_the_most_nameplates_in_one_string() -> None:
     plates = set(range(9999 - MAX_NAMEPLATES + 1, 10000))
-    rdata = encode_txt(ALICE, plates)
+    rdata = encode_txt(ALICE, plates, "0123abcd")
     assert decode_txt(rdata).nameplates == plates
     assert max(rdata[0], rdata[1 + rdata[0]]) <= 255
+
+
+def test_txt_carries_the_boot_id_drawn_at_each_start() -> None:
+    assert encode_txt(ALICE, {7}, "0a1b2c3d") == txt(b"v=1", ID, b"b=0a1b2c3d", b"np=7")
+    assert decode_txt(encode_txt(ALICE, {7}, "0a1b2c3d")) == Advert(ALICE, frozenset({7}), "0a1b2c3d")
+    # Random bits, nothing derived from a key: 4 bytes of ``rand``, in hex.
+    assert new_boot_id(lambda n: bytes(range(0xF0, 0xF0 + n))) == "f0f1f2f3"
+    assert len(new_boot_id()) == BOOT_ID_LENGTH and new_boot_id() != new_boot_id()
+
+
+def test_an_advert_without_a_boot_id_from_an_older_node_is_valid() -> None:
+    assert decode_txt(txt(b"v=1", ID, b"np=5")) == Advert(ALICE, frozenset({5}), None)
+    assert decode_txt(txt(b"B=00000000", b"v=1", ID)).boot == "00000000"  # keys in any case, any order
+
+
+@pytest.mark.parametrize("boot", ["", "0123abc", "0123abcde", "0123ABCD", "0123abcg", "٠١٢٣abcd"])
+def test_encoding_refuses_bad_boot_ids(boot: str) -> None:
+    with pytest.raises(ValueError, match="boot id"):
+        encode_txt(ALICE, (), boot)
 
 
 @pytest.mark.parametrize("plates", [set(range(1, MAX_NAMEPLATES + 2)), {0}, {10000}, {True}])
@@ -104,6 +125,13 @@ def test_decoding_ignores_unknown_keys_and_case_and_repeats() -> None:
         (txt(b"v=1", ID, b"np=5,,6"), ErrorCode.MALFORMED_MESSAGE),
         (txt(b"v=1", ID, "np=٣".encode()), ErrorCode.MALFORMED_MESSAGE),
         (txt(b"v=1", ID, b"np=1" + b",1" * MAX_NAMEPLATES), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"b"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"b="), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"b=0123abc"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"b=0123abcd0"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"b=0123ABCD"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"b=0123abc\xff"), ErrorCode.MALFORMED_MESSAGE),
+        (txt(b"v=1", ID, b"b= 123abcd"), ErrorCode.MALFORMED_MESSAGE),
     ],
 )
 def test_decoding_refuses_bad_records(rdata: bytes, code: ErrorCode) -> None:
@@ -339,6 +367,43 @@ def test_watch_fires_when_a_node_announces_itself(hosts: list[tuple[Host, Probe]
     assert bob("resolve_node", node=BOB.text, timeout=WAIT)["endpoints"] == [f"{b.address}:{PORT}"]
     bob("resolve_node", node=ALICE.text, timeout=WAIT)
     assert [e["node"] for e in bob.events] == [ALICE.text]
+
+
+@pytest.mark.netns
+def test_watch_fires_when_a_node_restarts_at_the_same_address_and_port(
+    hosts: list[tuple[Host, Probe]], tmp_path: Path
+) -> None:
+    """SIGKILL, restart: identical records but for the boot id, and that is enough for a hint."""
+    (a, alice), (b, bob), _ = hosts
+    bob.reply(start(bob, BOB, b, advertise=False))
+    bob("watch")
+    alice.reply(start(alice, ALICE, a))
+    endpoints = [f"{a.address}:{PORT}"]
+    assert bob.wait_event(lambda e: e.get("node") == ALICE.text)["endpoints"] == endpoints
+    first_boot = alice.log_events("discovery.advertised")[0]["boot"]
+
+    alice.proc.kill()  # no goodbye: bob's cache still holds the first start's records
+    alice.join(None)
+    again = Probe(a, tmp_path / "h0-restarted.log")
+    try:
+        killed = time.monotonic()
+        again.reply(start(again, ALICE, a))  # same node, address and port: a new boot id only
+        second_boot = again.log_events("discovery.advertised")[0]["boot"]
+        assert first_boot != second_boot and len(second_boot) == BOOT_ID_LENGTH
+
+        bob.wait_event(lambda e: e.get("node") == ALICE.text and e is not bob.events[0])
+        print(f"restart seen by watch {time.monotonic() - killed:.2f} s after the new start began")
+        assert [e["endpoints"] for e in bob.events] == [endpoints, endpoints]
+        resolved = bob.log_events("discovery.resolved")
+        assert [(e["boot"], e["restarted"]) for e in resolved] == [(first_boot, False), (second_boot, True)]
+
+        # A nameplate change of the restarted node is still no hint.
+        again("nameplates", nameplates=[42])
+        assert bob("resolve_nameplate", nameplate=42, timeout=WAIT)["nodes"] == [[ALICE.text, endpoints]]
+        bob("resolve_node", node=ALICE.text, timeout=WAIT)  # one more round trip for stray events
+        assert len(bob.events) == 2
+    finally:
+        again.join(again.stop())
 
 
 GARBAGE = {
