@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ipaddress
 import os
 import stat
 import time
@@ -70,6 +71,8 @@ __all__ = ["Node"]
 
 IDENTITY_FILE = "identity.pem"
 REGISTRY_FILE = "registry.sqlite3"
+#: How long ``join`` with a bare code waits for mDNS to come up after the node started.
+DISCOVERY_START_WAIT = 5.0
 #: Seconds a blocking API call may wait on an actor before giving up.
 CALL_TIMEOUT = 10.0
 #: Default bound of ``Node.send`` on a link that is down, and of ``Node.unpair``'s wait
@@ -341,6 +344,12 @@ class Node:
         """Where nodes advertising ``nameplate`` on the LAN listen (mDNS); [] without discovery."""
         ctx = self._context
         discovery = ctx.discovery
+        if discovery is None and _mdns_expected(ctx.settings):
+            # Just started: mDNS comes up a moment after the listener binds.
+            deadline = time.monotonic() + DISCOVERY_START_WAIT
+            while ctx.discovery is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            discovery = ctx.discovery
         if discovery is None:
             return []
 
@@ -451,6 +460,12 @@ async def _await_all(tasks: list[Any]) -> None:
     tasks.clear()
     if pending:
         await asyncio.wait(pending, timeout=CLOSING_TIMEOUT)
+
+
+def _mdns_expected(settings: Settings) -> bool:
+    """True when this node runs mDNS (actors/link_discovery.py decides the same way)."""
+    host = settings.node.listen_host
+    return settings.discovery.mdns and not ipaddress.ip_address(host).is_loopback
 
 
 def _recover_pairings(store: RegistryStore) -> list[DeviceRecord]:
