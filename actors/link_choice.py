@@ -6,9 +6,9 @@ peer), or the dialer came back (restart, idle timeout, a peer that moved)
 while this side still holds the old connection. Both ends must then keep the
 SAME one (DESIGN.md failure #5), each deciding alone:
 
-* **dialed by different nodes**: the one dialed by the lower NodeId,
-  :func:`protocol.dialrule.keep_connection` (both ends know both dialers);
-* **dialed by the same node**: the newer one. A node dials only when it holds
+* **dialed by different nodes**: the one dialed by the lower NodeId;
+* **dialed by the same node**: the newer one
+  (both: :func:`protocol.dialrule.keep_connection`, given the order here). A node dials only when it holds
   no connection it dialed (or to probe a peer that announced a move), so the
   older connection is dead or dying on the dialer's side; a dialer restarted
   by SIGKILL does not even know it, so the dialer nonces dialrule would
@@ -31,10 +31,11 @@ Loop-confined; the worker (actors/link_worker.py) owns one and reads its
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from protocol.dialrule import keep_connection
+from protocol.dialrule import ConnInfo, keep_connection
 from protocol.errors import ErrorCode
 from protocol.identity import NodeId
 
@@ -105,11 +106,17 @@ class LinkConns:
 
     # -- which one is kept ----------------------------------------------------------
 
+    def _info(self, conn: LinkConn) -> ConnInfo:
+        assert conn.info is not None
+        return dataclasses.replace(conn.info, sequence=self._order.index(conn.key))
+
     def _better(self, a: LinkConn, b: LinkConn) -> LinkConn:
-        assert a.info is not None and b.info is not None
-        if a.info.dialer != b.info.dialer:
-            return a if keep_connection(self._local, self._peer, a.info, b.info) == a.info else b
-        return a if self._order.index(a.key) > self._order.index(b.key) else b
+        # The rule lives in protocol/dialrule.py; here we only know the order.
+        return (
+            a
+            if keep_connection(self._local, self._peer, self._info(a), self._info(b)) == self._info(a)
+            else b
+        )
 
     def resolve(self) -> tuple[LinkConn | None, LinkConn | None]:
         """Keep one established connection, retire the others; ``(previous, kept)``."""

@@ -17,10 +17,15 @@ dial it). The nodes then decide which one to keep, each on its own, from
 facts both of them see:
 
 * **Keep the connection dialed by the lower NodeId.**
-* **If the same node dialed both, keep the one whose dialer nonce is lower.**
-  The nonce is the dialer's fresh 32 bytes from its LinkHello, which both
-  sides know once the hellos are exchanged, so both sides agree even when
-  one of them saw the connections arrive in the other order.
+* **If the same node dialed both, keep the newer one** (the higher
+  ``sequence``: the order in which this end saw its connections with the
+  peer established). Both ends agree: a dialer runs one dial at a time, so
+  its connections reach the other end in the order it opened them; and the
+  older one is dead or dying on the dialer's side anyway (it dials only when
+  it holds no connection it dialed, or to probe a peer that announced a
+  restart or a move), which a dialer restarted by SIGKILL does not even
+  remember. Comparing the hellos' nonces instead would need both ends to
+  know both connections, which that restarted dialer does not.
 
 The loser is closed with ``DUPLICATE_CONNECTION``, which is not a fault: the
 peer does not back off or count a reconnect for it.
@@ -62,16 +67,21 @@ class ConnInfo:
 
     #: The node that opened the connection (the QUIC client).
     dialer: NodeId
-    #: The dialer's nonce from its LinkHello on this connection.
+    #: The dialer's nonce from its LinkHello on this connection (identifies it).
     dialer_nonce: bytes
+    #: The order in which this end saw its connections with the peer established.
+    sequence: int = 0
 
     def __repr__(self) -> str:
-        return f"ConnInfo(dialer={self.dialer!r}, dialer_nonce={self.dialer_nonce[:4].hex()}…)"
+        return (
+            f"ConnInfo(dialer={self.dialer!r}, dialer_nonce={self.dialer_nonce[:4].hex()}…, "
+            f"sequence={self.sequence})"
+        )
 
 
-def _rank(conn: ConnInfo) -> tuple[bytes, bytes]:
-    # Lower is better: first the dialer's NodeId, then its nonce.
-    return (conn.dialer.raw, conn.dialer_nonce)
+def _rank(conn: ConnInfo) -> tuple[bytes, int]:
+    # Lower is better: first the dialer's NodeId, then the newer connection.
+    return (conn.dialer.raw, -conn.sequence)
 
 
 def keep_connection(local: NodeId, peer: NodeId, a: ConnInfo, b: ConnInfo) -> ConnInfo:
@@ -82,8 +92,7 @@ def keep_connection(local: NodeId, peer: NodeId, a: ConnInfo, b: ConnInfo) -> Co
     ``a`` and ``b``.
 
     Raises ValueError if a connection was dialed by neither node, or if the
-    two describe the same connection (same dialer and nonce): a caller bug,
-    since nonces are fresh per connection.
+    two cannot be told apart (same dialer and sequence): a caller bug.
     """
     if local == peer:
         raise ValueError("a link joins two different nodes")

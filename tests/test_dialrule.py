@@ -44,14 +44,20 @@ def test_exactly_one_side_dials(pair: tuple[NodeId, NodeId]) -> None:
     assert dialer_of(a, b) == min(a, b)
 
 
-@given(distinct_pair(), st.booleans(), st.booleans(), nonces, nonces)
+@given(distinct_pair(), st.booleans(), st.booleans(), nonces, nonces, st.integers(0, 3), st.integers(0, 3))
 def test_both_sides_keep_the_same_connection(
-    pair: tuple[NodeId, NodeId], a_by_first: bool, b_by_first: bool, nonce_a: bytes, nonce_b: bytes
+    pair: tuple[NodeId, NodeId],
+    a_by_first: bool,
+    b_by_first: bool,
+    nonce_a: bytes,
+    nonce_b: bytes,
+    seq_a: int,
+    seq_b: int,
 ) -> None:
     x, y = pair
-    a = ConnInfo(dialer=x if a_by_first else y, dialer_nonce=nonce_a)
-    b = ConnInfo(dialer=x if b_by_first else y, dialer_nonce=nonce_b)
-    if a == b:
+    a = ConnInfo(dialer=x if a_by_first else y, dialer_nonce=nonce_a, sequence=seq_a)
+    b = ConnInfo(dialer=x if b_by_first else y, dialer_nonce=nonce_b, sequence=seq_b)
+    if a.dialer == b.dialer and a.sequence == b.sequence:
         with pytest.raises(ValueError):
             keep_connection(x, y, a, b)
         return
@@ -79,14 +85,11 @@ def test_the_connection_dialed_by_the_lower_node_wins(
 
 
 @given(distinct_pair(), nonces, nonces)
-def test_same_dialer_keeps_the_lower_nonce(pair: tuple[NodeId, NodeId], n1: bytes, n2: bytes) -> None:
+def test_same_dialer_keeps_the_newer_connection(pair: tuple[NodeId, NodeId], n1: bytes, n2: bytes) -> None:
     x, y = pair
-    if n1 == n2:
-        return
-    c1 = ConnInfo(dialer=x, dialer_nonce=n1)
-    c2 = ConnInfo(dialer=x, dialer_nonce=n2)
-    expected = c1 if n1 < n2 else c2
-    assert keep_connection(x, y, c1, c2) == keep_connection(y, x, c2, c1) == expected
+    older = ConnInfo(dialer=x, dialer_nonce=n1, sequence=1)
+    newer = ConnInfo(dialer=x, dialer_nonce=n2, sequence=2)
+    assert keep_connection(x, y, older, newer) == keep_connection(y, x, newer, older) == newer
 
 
 def test_a_connection_dialed_by_a_stranger_is_a_caller_bug() -> None:
