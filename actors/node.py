@@ -90,13 +90,21 @@ class _Registry(Supervised, RegistryActor):
 class Node:
     """One quicpair node: identity, registry, listener and sessions, under supervision."""
 
-    def __init__(self, home: Path | str, settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        home: Path | str,
+        settings: Settings | None = None,
+        *,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """``on_failure(exc)`` is called (from an actor thread) if the node fails for good."""
         self.home = Path(home)
         self.settings = settings if settings is not None else load_settings()
         self._ctx: NodeContext | None = None
         self._root: pykka.ActorRef[Any] | None = None
         self._loop: EventLoopThread | None = None
         self._escalated: BaseException | None = None
+        self._on_failure = on_failure
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -191,6 +199,8 @@ class Node:
 
     def _on_escalate(self, exc: BaseException) -> None:
         self._escalated = exc
+        if self._on_failure is not None:
+            self._on_failure(exc)
         if self._ctx is not None:
             self._ctx.log.critical("node.failed", error=repr(exc))
 

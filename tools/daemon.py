@@ -461,7 +461,7 @@ class ControlClient:
 def run_daemon(
     home: Path, settings: Settings, *, on_ready: Callable[[dict[str, Any]], None] | None = None
 ) -> int:
-    """Run a node for ``home`` until SIGTERM, SIGINT or the ``stop`` op; returns 0.
+    """Run a node for ``home`` until SIGTERM, SIGINT or the ``stop`` op; returns 0 (1 if the node failed).
 
     Raises QuicpairError (DaemonRunning, IdentityError, RegistryError,
     ConfigError...) if the node cannot start; nothing is left behind then.
@@ -491,7 +491,8 @@ def run_daemon(
     try:
         with claim_home(home):
             path = control_socket_path(home)
-            node = Node(home, settings).start()
+            # A node whose supervision gave up stops the daemon (exit status 1).
+            node = Node(home, settings, on_failure=lambda _: request_stop()).start()
             try:
                 controller = Controller(node, request_stop)
                 extra = {"pid": os.getpid(), "home": str(home.absolute()), "control_socket": str(path)}
@@ -510,6 +511,9 @@ def run_daemon(
                 log.info("daemon.stopping", signals=received)
                 node.stop()
                 server.drain(_DRAIN_TIMEOUT)
+        if node.failed is not None:
+            log.critical("daemon.node_failed", error=repr(node.failed))
+            return 1
         log.info("daemon.stopped")
         return 0
     finally:
