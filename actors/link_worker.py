@@ -80,7 +80,9 @@ UNPAIR_ACK_TIMEOUT = 5.0
 #: Connections one peer may hold with us at once (normally 1; 2 during a duplicate).
 MAX_CONNECTIONS = 4
 #: At most one probe per this many seconds for announcements at the address in use.
-HINT_PROBE_INTERVAL = 10.0
+#: Discovery reports a node only when its endpoints or its boot id change, so each
+#: hint is news; this only damps a flapping peer (two quick restarts both count).
+HINT_PROBE_INTERVAL = 1.0
 #: Retry delay for a just-paired peer that has not committed yet: its commit is one
 #: fsync away (a few ms on a local disk), so a few retries cover it.
 COMMIT_RETRY = 0.05
