@@ -83,14 +83,15 @@ class Inbox:
         with self._cond:
             if self._closed:
                 return
-            if self._subscribers:
-                self._outbox.append(message)
-            else:
-                if len(self._queue) >= self._limit:
-                    dropped = self._queue.popleft()
-                    self._counters.incr("link.messages_dropped")
-                    self._log.warning("link.inbox_overflow", peer=dropped.peer.fingerprint, limit=self._limit)
-                self._queue.append(message)
+            # The same bound whether a subscriber is slow or nobody receives: a
+            # peer sending faster than the application reads costs memory up to
+            # the limit, then the oldest messages (counted and logged).
+            target = self._outbox if self._subscribers else self._queue
+            if len(target) >= self._limit:
+                dropped = target.popleft()
+                self._counters.incr("link.messages_dropped")
+                self._log.warning("link.inbox_overflow", peer=dropped.peer.fingerprint, limit=self._limit)
+            target.append(message)
             self._cond.notify_all()
 
     # -- the application's side ---------------------------------------------------

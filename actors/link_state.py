@@ -24,10 +24,11 @@ on; it is settled exactly once by the actor that ends the request.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from pykka import ActorRef
+from pykka import ActorDeadError, ActorRef
 
 from protocol.identity import NodeId
 
@@ -46,6 +47,8 @@ __all__ = [
     "UnpairDelivered",
     "UnpairRequest",
     "WorkerSpec",
+    "Written",
+    "tell_or_drop",
 ]
 
 
@@ -178,3 +181,21 @@ class PeerUnpairedUs:
 
     #: The peer.
     peer: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A registry call made by a link worker finished."""
+
+    #: What it was for.
+    what: str
+    #: The registry's answer.
+    result: Any
+    #: The exception, if it failed.
+    error: BaseException | None
+
+
+def tell_or_drop(ref: Any, message: Any) -> None:
+    """Tell an actor that may have stopped meanwhile (then nobody needs the message)."""
+    with contextlib.suppress(ActorDeadError):
+        ref.tell(message)

@@ -32,12 +32,9 @@ the decisions; in short:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from dataclasses import dataclass
 from typing import Any
 
-from pykka import ActorDeadError
-
+from protocol.codes import announced_addresses
 from protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -66,6 +63,8 @@ from .link_state import (
     UnpairDelivered,
     UnpairRequest,
     WorkerSpec,
+    Written,
+    tell_or_drop,
 )
 from .logs import get_logger
 from .loopactor import ActorTimer, LoopActor, call_async
@@ -88,18 +87,6 @@ HINT_PROBE_INTERVAL = 1.0
 COMMIT_RETRY = 0.05
 
 _NOT_FAULTS = (ErrorCode.NO_ERROR, ErrorCode.GOING_AWAY, ErrorCode.DUPLICATE_CONNECTION)
-
-
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """A registry call made by the worker finished."""
-
-    #: What it was for.
-    what: str
-    #: The registry's answer.
-    result: Any
-    #: The exception, if it failed.
-    error: BaseException | None
 
 
 class LinkWorker(Supervised, LoopActor):
@@ -175,7 +162,7 @@ class LinkWorker(Supervised, LoopActor):
                 conn.close(message.code, "the peer reset the link stream")
         elif isinstance(message, DialDone):
             self._on_dial_done(message)
-        elif isinstance(message, _Written):
+        elif isinstance(message, Written):
             self._on_written(message)
         elif isinstance(message, SendRequest):
             self._on_send(message)
@@ -333,7 +320,9 @@ class LinkWorker(Supervised, LoopActor):
     def _authenticated(self, conn: LinkConn, addresses: tuple[str, ...] | None) -> None:
         first = not conn.authenticated
         conn.authenticated = True
-        announced = addresses if addresses is not None else conn.hello_addresses if first else ()
+        announced = announced_addresses(
+            addresses if addresses is not None else conn.hello_addresses if first else ()
+        )
         if announced:  # an empty list gives nothing to dial: keep what we know
             self._write("addresses", "set_addresses", self.peer, list(announced), self.ctx.wall_clock())
         if first:
@@ -536,18 +525,18 @@ class LinkWorker(Supervised, LoopActor):
     def _write(self, what: str, method: str, *args: Any) -> None:
         registry = self.ctx.registry
         if registry is None:
-            self.actor_ref.tell(_Written(what, None, RuntimeError("the registry is not running")))
+            self.actor_ref.tell(Written(what, None, RuntimeError("the registry is not running")))
             return
         ref = self.actor_ref
 
         def done(fut: asyncio.Future[Any]) -> None:
             error = None if fut.cancelled() else fut.exception()
             result = None if fut.cancelled() or error is not None else fut.result()
-            _tell_or_drop(ref, _Written(what, result, error))
+            tell_or_drop(ref, Written(what, result, error))
 
         call_async(registry, method, *args).add_done_callback(done)
 
-    def _on_written(self, message: _Written) -> None:
+    def _on_written(self, message: Written) -> None:
         if message.what == "revoked":
             if message.error is not None:
                 raise QuicpairError(f"could not revoke the pairing the peer removed: {message.error}")
@@ -593,10 +582,4 @@ class LinkWorker(Supervised, LoopActor):
             self._tell_parent(StatusChanged(status))
 
     def _tell_parent(self, message: Any) -> None:
-        _tell_or_drop(self._parent, message)
-
-
-def _tell_or_drop(ref: Any, message: Any) -> None:
-    """Tell an actor that may have stopped meanwhile (then nobody needs the message)."""
-    with contextlib.suppress(ActorDeadError):
-        ref.tell(message)
+        tell_or_drop(self._parent, message)

@@ -155,6 +155,10 @@ class ListenerActor(Supervised, LoopActor):
     # -- connections -------------------------------------------------------------
 
     def _admit(self, peer: NodeId, alpn: str) -> ErrorCode | None:
+        if peer == self.ctx.identity.node_id:
+            # Our own identity on the other end: a node dialing itself (or a stolen key).
+            self.log.warning("listener.refused_self", alpn=alpn)
+            return ErrorCode.PROTOCOL_VIOLATION
         if alpn == ALPN_PAIR:
             if self.ctx.active_sessions >= self.ctx.settings.node.max_concurrent_pairings:
                 self.log.warning("pairing.shed", peer=peer.fingerprint, active=self.ctx.active_sessions)

@@ -341,12 +341,16 @@ class Node:
             lambda: JoinerSession.start_on(ctx.loop_thread, ctx, name, uri.code, targets, uri.node, result),
             restart=Restart.TEMPORARY,
         )
-        sessions.proxy().start_child(spec).get(timeout=CALL_TIMEOUT)
+        session = sessions.proxy().start_child(spec).get(timeout=CALL_TIMEOUT)
         pairing = self.settings.pairing
         bound = timeout if timeout is not None else 6 * pairing.step_timeout + pairing.resolve_timeout
         try:
             device: Device = result.result(timeout=bound)
         except concurrent.futures.TimeoutError as exc:
+            # Stop the session so that "failed" stays true: before our vote it aborts
+            # the pairing with the initiator; after it, the record stays PENDING (in
+            # doubt) and is resolved at the next start, never silently committed.
+            session.stop(block=False)
             raise errors.PairingFailed(ErrorCode.TIMEOUT, f"no result within {bound:g} s") from exc
         return device
 

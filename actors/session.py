@@ -13,8 +13,10 @@ are pykka's), and registry replies come back the same way.
 
 A session is a TEMPORARY child of the ``sessions`` supervisor: never
 restarted mid-handshake. If it crashes, ``on_failure`` resets the stream
-with INTERNAL_ERROR, closes the connection, and deletes a PENDING record it
-may have written, so nothing half-paired survives.
+with INTERNAL_ERROR and closes the connection; a PENDING record it wrote is
+deleted unless this side already voted to commit (a joiner after PairDone:
+the initiator may have committed, so the record stays PENDING, in doubt,
+and is resolved at the node's next start at the latest).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pykka
 
 from actors.loopactor import ActorTimer, LoopActor, call_async
 from actors.supervisor import Supervised
+from protocol.codes import announced_addresses
 from protocol.errors import ErrorCode, QuicpairError
 from protocol.framing import FrameDecoder
 from protocol.identity import NodeId
@@ -345,7 +348,7 @@ class PairingSessionBase(Supervised, LoopActor):
             receive_key_fp=mine.receive_fingerprint,
             paired_at=now,
             updated_at=now,
-            addresses=tuple(info.addresses),
+            addresses=announced_addresses(info.addresses),
             observed_address=observed,
         )
         self._pending_record = (peer, keys.pairing_id)
@@ -363,10 +366,38 @@ class PairingSessionBase(Supervised, LoopActor):
     def pending_confirmed(self) -> None:
         self._pending_record = None
 
+    def may_forget_pending(self) -> bool:
+        """May a stop or crash of this session delete the PENDING record it wrote?
+
+        Yes, unless this side already voted to commit (a joiner that sent
+        PairDone): the initiator may have committed, so the record stays
+        PENDING and is resolved later (at the node's next start at the latest).
+        """
+        return True
+
     # -- lifecycle -------------------------------------------------------------
 
     def on_start(self) -> None:
         self.log.info("pairing.session_started")
+        try:
+            self.begin()
+        except Exception as exc:
+            # pykka calls neither on_failure nor on_stop when on_start raises:
+            # release what a session holds here, or the slot and the link leak.
+            self.log.error("pairing.start_failed", error=repr(exc))
+            self._crashed = True
+            self.abandon(exc)
+            self.session_ended()
+            self.crashed(exc)
+            raise
+
+    def begin(self) -> None:
+        """Subclass hook, on the loop at start: build the machine, attach or dial."""
+
+    def abandon(self, exc: BaseException) -> None:
+        """The session failed to start: close whatever connection it was given."""
+        if self.link is not None and not self.link.is_closed:
+            self.link.close(ErrorCode.INTERNAL_ERROR, "pairing session failed to start")
 
     def on_stop(self) -> None:
         self.session_ended()
@@ -380,7 +411,8 @@ class PairingSessionBase(Supervised, LoopActor):
             out = self.machine.data_to_send()
             if out:
                 self.send(out, end=True)
-            self.forget_pending()
+            if self.may_forget_pending():
+                self.forget_pending()
         self.close_now(ErrorCode.NO_ERROR if self._machine_ended else ErrorCode.GOING_AWAY)
 
     def on_failure(self, *exc_info: Any) -> None:
@@ -394,7 +426,8 @@ class PairingSessionBase(Supervised, LoopActor):
             if self.stream_id is not None:
                 self.link.reset_stream(self.stream_id, ErrorCode.INTERNAL_ERROR)
             self.link.close(ErrorCode.INTERNAL_ERROR, "pairing session failed")
-        self.forget_pending()
+        if self.may_forget_pending():
+            self.forget_pending()
         self.crashed(exc)
 
     def session_ended(self) -> None:

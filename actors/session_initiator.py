@@ -61,8 +61,7 @@ class InitiatorSession(PairingSessionBase):
         # The listener counted this session when it spawned it.
         self.ctx.active_sessions -= 1
 
-    def on_start(self) -> None:
-        super().on_start()
+    def begin(self) -> None:
         ctx = self.ctx
         self.machine = Initiator(
             local=ctx.identity.node_id,
@@ -76,10 +75,16 @@ class InitiatorSession(PairingSessionBase):
         self.attach(self._link_to_attach)
         self.pump()
 
+    def abandon(self, exc: BaseException) -> None:
+        link = self._link_to_attach
+        if not link.is_closed:
+            link.close(ErrorCode.INTERNAL_ERROR, "pairing session failed to start")
+
     # -- machine events --------------------------------------------------------
 
     def handle_event(self, event: Any) -> None:
         if isinstance(event, PeerVerified):
+            self._sas = event.keys.sas
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
             )
@@ -145,7 +150,15 @@ class InitiatorSession(PairingSessionBase):
         if what == "pending_stored":
             machine.pending_stored(now)
         elif what == "committed":
-            if result:
+            if machine.is_finished:
+                # The commit step's deadline passed while the write was queued: the
+                # registry's answer decides, not the deadline (the joiner, in doubt,
+                # will learn it with PairResolve).
+                if result:
+                    self.log.warning("pairing.committed_late")
+                    self.ctx.counters.incr("pair.completed.initiator")
+                    self.write("record", "get", self._peer)
+            elif result:
                 machine.committed(now)
             else:
                 machine.commit_refused(now)

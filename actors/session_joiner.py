@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 from dataclasses import dataclass
 from typing import Any
+
+import pykka
 
 from protocol import errors
 from protocol.codes import PairingCode, format_address
@@ -89,11 +92,11 @@ class JoinerSession(PairingSessionBase):
         self._keys_secret: tuple[bytes, bytes] | None = None
         self._sas: tuple[str, ...] = ()
         self._resume = resume
+        self._voted = resume is not None
 
     # -- connecting --------------------------------------------------------------
 
-    def on_start(self) -> None:
-        super().on_start()
+    def begin(self) -> None:
         record = self._resume
         if record is not None:
             # In doubt since an earlier run: go straight to PairResolve.
@@ -128,9 +131,14 @@ class JoinerSession(PairingSessionBase):
                     log.warning("pairing.dial_failed", address=format_address(host, port), error=str(exc))
                     last = exc
                     continue
-                ref.tell(_Dialed(link, None))
+                try:
+                    ref.tell(_Dialed(link, None))
+                except pykka.ActorDeadError:
+                    # The session ended while we dialed: nobody will own this link.
+                    link.close(ErrorCode.GOING_AWAY, "pairing session ended")
                 return
-            ref.tell(_Dialed(None, last or errors.PeerUnreachable("no address to dial")))
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(_Dialed(None, last or errors.PeerUnreachable("no address to dial")))
 
         self._task = self.loop.create_task(run())
 
@@ -150,7 +158,7 @@ class JoinerSession(PairingSessionBase):
                 ErrorCode.BUSY,
                 ErrorCode.UNSUPPORTED_VERSION,
             ):
-                error = errors.PairingFailed(error.code, str(error), remote=True)
+                error = errors.PairingFailed(error.code, str(error.args[0]), remote=True)
             self._settle_error(error or errors.PeerUnreachable("dial failed"))
             self.stop()
             return
@@ -296,6 +304,7 @@ class JoinerSession(PairingSessionBase):
         machine = self.machine
         now = self.ctx.clock()
         if what == "pending_stored" and isinstance(machine, Joiner):
+            self._voted = True  # PairDone goes out now: from here on, never forget the record
             machine.pending_stored(now)
         elif what == "committed":
             if result:
@@ -308,6 +317,9 @@ class JoinerSession(PairingSessionBase):
             self._announce_paired(result)
             if not self.result.done():
                 self.result.set_result(Device.from_record(result, self._sas))
+
+    def may_forget_pending(self) -> bool:
+        return not self._voted
 
     def _settle_error(self, error: BaseException) -> None:
         if not self.result.done():

@@ -33,7 +33,7 @@ import difflib
 import ipaddress
 import re
 import urllib.parse
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Final
@@ -51,6 +51,7 @@ __all__ = [
     "WORD_COUNT",
     "PairingCode",
     "PairingUri",
+    "announced_addresses",
     "format_address",
     "normalize_address",
     "parse_code_or_uri",
@@ -313,6 +314,26 @@ def normalize_address(text: str) -> str:
     if len(normal) > MAX_ADDRESS_LEN:
         raise ValueError(f"the address is {len(normal)} characters long, at most {MAX_ADDRESS_LEN} allowed")
     return normal
+
+
+def announced_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
+    """The addresses a peer announced that are worth storing and dialing, normalised.
+
+    A peer's DeviceInfo, LinkHello and LinkAddresses carry free-form strings;
+    only IP literals with a port are kept (a name would make us resolve and
+    dial whatever the peer chooses), duplicates once, in the peer's order.
+    Invalid entries are dropped, not fatal: the rest is still useful.
+    """
+    kept: list[str] = []
+    for text in addresses:
+        try:
+            normal = normalize_address(text)
+            ipaddress.ip_address(split_address(normal)[0].split("%", 1)[0])
+        except ValueError:
+            continue
+        if normal not in kept:
+            kept.append(normal)
+    return tuple(kept[:MAX_ADDRESSES])
 
 
 # -- the URI -------------------------------------------------------------------

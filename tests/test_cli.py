@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,17 @@ LOOPBACK = ["--listen", "127.0.0.1:0", "--set", "discovery.mdns=false"]
 
 
 def quicpair(
-    *args: str, home: Path | None = None, timeout: float = COMMAND_TIMEOUT
+    *args: str, home: Path | None = None, timeout: float = COMMAND_TIMEOUT, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tools.cli [--home HOME] ARGS`` to completion."""
-    return quicpair_all([list(args)], home=home, timeout=timeout)[0]
+    """Run ``python -m tools.cli [--home HOME] ARGS`` to completion (``stdin``: its input, if any)."""
+    return quicpair_all([list(args)], home=home, timeout=timeout, stdin=stdin)[0]
 
 
 def quicpair_all(
-    argvs: list[list[str]], home: Path | None = None, timeout: float = COMMAND_TIMEOUT
+    argvs: list[list[str]],
+    home: Path | None = None,
+    timeout: float = COMMAND_TIMEOUT,
+    stdin: str | None = None,
 ) -> list[subprocess.CompletedProcess[str]]:
     """Run several commands at once (each start costs ~0.3 s of imports), all to completion."""
     started = [
@@ -46,7 +50,7 @@ def quicpair_all(
             [sys.executable, "-m", "tools.cli", *(["--home", str(home)] if home else []), *args],
             cwd=REPO,
             env=ENV,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -56,7 +60,7 @@ def quicpair_all(
     results = []
     try:
         for proc in started:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(stdin, timeout=timeout)
             results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     finally:
         for proc in started:
@@ -215,6 +219,9 @@ USAGE_ERRORS = [
     (["run", "--set", "nonsense"], "expected SECTION.KEY=VALUE"),
     (["run", "--listen", "127.0.0.1"], "expected HOST:PORT"),
     (["devices", "--colour"], "unrecognized arguments: --colour"),
+    (["send", "bob"], "the following arguments are required: MESSAGE"),
+    (["receive", "--timeout", "0"], "'0': expected seconds"),
+    (["unpair"], "the following arguments are required: PEER"),
 ]
 
 
@@ -236,7 +243,8 @@ def test_a_mistyped_code_exits_3_naming_the_word(tmp_path: Path) -> None:
 def test_commands_that_need_a_daemon_say_how_to_start_one(tmp_path: Path) -> None:
     home = tmp_path / "idle"
     commands = [["devices"], ["pair"], ["join", "1-abandon-ability-able", "--address", "127.0.0.1:9"]]
-    results = quicpair_all([*commands, ["status"], ["stop"]], home=home)
+    link_commands = [["links"], ["send", "bob", "hi"], ["receive"], ["unpair", "bob"]]
+    results = quicpair_all([*commands, ["status"], ["stop"], *link_commands], home=home)
     for result in results:
         assert_clean_error(result, 7, "no quicpair daemon is running", "run")
     for result in results[: len(commands)]:
@@ -438,6 +446,161 @@ def test_oneshot_pairs_without_daemons(tmp_path: Path, procs: Any) -> None:
     devices = quicpair("devices", "--oneshot", "--json", home=alice_home)
     assert devices.returncode == 0, devices.stderr
     assert [d["state"] for d in json.loads(devices.stdout)] == ["confirmed"]
+
+
+# -- paired links ------------------------------------------------------------------------------
+
+
+def wait_until(what: str, check: Any, timeout: float = 15.0) -> Any:
+    """Call ``check()`` (a few CLI runs) until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.1)  # between polls only: each one runs the CLI (~0.3 s)
+
+
+def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: Path, procs: Any) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    started = procs.daemons(
+        *((f"{name}-run", home, "--set", f'node.name="{name}"') for name, home in homes.items())
+    )
+    info = {name: ready for name, (_, ready) in zip(homes, started, strict=True)}
+    pair = procs.start("alice-pair", "--home", str(homes["alice"]), "pair", "--json", "--timeout", "30")
+    joined = quicpair("join", pair.json_line()["uri"], "--timeout", "20", home=homes["bob"])
+    assert joined.returncode == 0, joined.stderr
+    assert pair.json_line()["event"] == "paired" and pair.wait() == 0
+
+    def links_up() -> list[list[dict[str, Any]]] | None:
+        results = quicpair_all([["--home", str(home), "links", "--json"] for home in homes.values()])
+        tables = [json.loads(result.stdout) for result in results]
+        return tables if all(t and t[0]["state"] == "up" for t in tables) else None
+
+    a_links, b_links = wait_until("the link up on both sides", links_up)
+    (a_link,), (b_link,) = a_links, b_links
+    assert (a_link["node_id"], a_link["name"]) == (info["bob"]["node_id"], "bob")
+    assert (b_link["fingerprint"], b_link["name"]) == (info["alice"]["fingerprint"], "alice")
+    assert {a_link["role"], b_link["role"]} == {"dialer", "listener"}
+    assert a_link["connection_id"] == b_link["connection_id"] is not None
+    table = quicpair("links", home=homes["alice"]).stdout.splitlines()
+    assert table[0].split() == ["FINGERPRINT", "NAME", "ROLE", "STATE", "CONNECTION", "REMOTE"]
+    assert table[1].split()[:5] == [
+        info["bob"]["fingerprint"],
+        "bob",
+        a_link["role"],
+        "up",
+        a_link["connection_id"],
+    ]
+
+    # Bob follows his messages; Alice sends by fingerprint and by name, Bob by NodeId and by name (stdin).
+    follow = procs.start("bob-receive", "--home", str(homes["bob"]), "receive", "--follow", "--json")
+    sends = quicpair_all(
+        [
+            ["--home", str(homes["alice"]), "send", info["bob"]["fingerprint"], "hello bob"],
+            ["--home", str(homes["bob"]), "send", "--json", info["alice"]["node_id"], "hello \x1b[31malice"],
+        ]
+    )
+    sends += [
+        quicpair("send", "BOB", "again, bob", home=homes["alice"]),
+        quicpair("send", "alice", "-", home=homes["bob"], stdin="two\nlines\n"),
+    ]
+    assert [(r.returncode, r.stderr) for r in sends] == [(0, "")] * 4
+    assert sends[0].stdout == sends[2].stdout == sends[3].stdout == ""
+    assert json.loads(sends[1].stdout) == {
+        "sent": 16, "node_id": info["alice"]["node_id"], "fingerprint": info["alice"]["fingerprint"]
+    }  # fmt: skip
+    got = [follow.json_line(), follow.json_line()]
+    assert [(m["text"], m["name"], m["fingerprint"]) for m in got] == [
+        ("hello bob", "alice", info["alice"]["fingerprint"]),
+        ("again, bob", "alice", info["alice"]["fingerprint"]),
+    ]
+    assert got[0]["base64"] == "aGVsbG8gYm9i" and got[0]["node_id"] == info["alice"]["node_id"]
+    follow.popen.send_signal(signal.SIGINT)
+    assert follow.wait() == 130 and "quicpair: interrupted" in follow.stderr()
+    assert "Traceback" not in follow.stderr()
+
+    lines: list[str] = []
+
+    def alice_received_two() -> bool:
+        lines.extend(quicpair("receive", "--timeout", "5", home=homes["alice"]).stdout.splitlines())
+        return len(lines) >= 2
+
+    wait_until("Alice's two messages", alice_received_two)
+    fingerprint = info["bob"]["fingerprint"]
+    assert lines == [f"{fingerprint} bob: hello \\x1b[31malice", f"{fingerprint} bob: two\\nlines\\n"]
+
+    # A peer that is not paired is a one-line error, exit 9; a base64 mistake is a usage error, 2.
+    unknown = quicpair_all(
+        [["send", "carol", "hi"], ["send", "zzzz-zzzz", "hi"], ["unpair", info["alice"]["node_id"]]],
+        home=homes["alice"],
+    )
+    assert_clean_error(unknown[0], 9, "no paired device has the name 'carol'")
+    assert_clean_error(unknown[1], 9, "has the fingerprint or name 'zzzz-zzzz'")
+    assert_clean_error(unknown[2], 9, "no paired device has the NodeId")
+    assert_clean_error(quicpair("send", "bob", "***", "--base64", home=homes["alice"]), 2, "not base64")
+
+    unpaired = quicpair("unpair", "bob", "--json", home=homes["alice"])
+    assert unpaired.returncode == 0, unpaired.stderr
+    assert json.loads(unpaired.stdout) == {
+        "unpaired": info["bob"]["node_id"], "fingerprint": fingerprint, "delivered": True
+    }  # fmt: skip
+
+    def both_forgot() -> bool:
+        results = quicpair_all([["--home", str(home), "devices", "--json"] for home in homes.values()])
+        return all(json.loads(result.stdout) == [] for result in results)
+
+    wait_until("both sides forget the pairing", both_forgot)
+    after = quicpair_all(
+        [
+            ["--home", str(homes["alice"]), "send", "bob", "still there?"],
+            ["--home", str(homes["bob"]), "send", info["alice"]["fingerprint"], "still there?"],
+            ["--home", str(homes["alice"]), "links"],
+        ]
+    )
+    assert_clean_error(after[0], 9, "no paired device has the name 'bob'")
+    assert_clean_error(after[1], 9, f"fingerprint or name '{info['alice']['fingerprint']}'")
+    assert after[2].stdout == "No paired devices.\n"
+
+
+def test_unpair_reports_a_peer_that_is_told_later(tmp_path: Path, procs: Any) -> None:
+    alice_home, bob_home = tmp_path / "alice", tmp_path / "bob"
+    _, (bob_run, bob) = procs.daemons(("alice-run", alice_home), ("bob-run", bob_home))
+    pair = procs.start("alice-pair", "--home", str(alice_home), "pair", "--json", "--timeout", "30")
+    assert quicpair("join", pair.json_line()["uri"], home=bob_home).returncode == 0
+    assert pair.wait() == 0
+    bob_run.popen.send_signal(signal.SIGTERM)
+    assert bob_run.wait() == 0
+    unpaired = quicpair("unpair", bob["fingerprint"], "--timeout", "0.5", home=alice_home)
+    assert unpaired.returncode == 0, unpaired.stderr
+    assert unpaired.stdout.startswith(f"Unpaired {bob['name']} ({bob['fingerprint']}); it will be told")
+    sent = quicpair("send", bob["node_id"], "hi", home=alice_home)
+    assert_clean_error(sent, 9, "no paired device has the NodeId")
+
+
+def test_peer_resolution_and_escaping() -> None:
+    from protocol.identity import Identity
+    from tools.cli_links import UnknownPeer, printable, resolve_peer
+
+    ids = [Identity.generate().node_id for _ in range(4)]
+    devices = [
+        {"node_id": i.text, "fingerprint": i.fingerprint, "name": name}
+        for i, name in zip(ids, ["bob", "Phone", "phone", "x"], strict=True)
+    ]
+    assert resolve_peer(devices, ids[0].text.upper())["name"] == "bob"
+    assert resolve_peer(devices, f" {ids[3].fingerprint.upper()} ")["name"] == "x"
+    assert resolve_peer(devices, "Bob")["name"] == "bob"  # ignoring case when no exact match
+    assert resolve_peer(devices, "phone")["node_id"] == ids[2].text  # exact beats ignoring case
+    with pytest.raises(UnknownPeer, match="'PHONE' names 2 paired devices"):
+        resolve_peer(devices, "PHONE")
+    twin = {"node_id": "q" * 52, "fingerprint": ids[0].fingerprint, "name": "twin"}
+    with pytest.raises(UnknownPeer, match="matches 2 paired devices; give the NodeId"):
+        resolve_peer([*devices, twin], ids[0].fingerprint)
+    with pytest.raises(UnknownPeer, match="no paired device has the NodeId"):
+        resolve_peer(devices[1:], ids[0].text)
+    assert printable("a\x1b[2Jb\n\\ é\t") == "a\\x1b[2Jb\\n\\\\ é\\t"
 
 
 # -- the demo ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -150,6 +151,30 @@ def test_the_inbox_keeps_the_newest_messages_when_nobody_reads() -> None:
     assert [m.payload for m in inbox.drain()] == [b"2", b"3", b"4"]
     assert counters.get("link.messages_dropped") == 2
     assert inbox.receive(timeout=0.01) is None
+    inbox.close()
+
+
+def test_a_slow_subscriber_costs_at_most_the_limit() -> None:
+    counters = Counters()
+    inbox = Inbox("t", counters, structlog.get_logger(), limit=3)
+    peer = Identity.generate().node_id
+    entered, release = threading.Event(), threading.Event()
+    got: list[bytes] = []
+
+    def slow(_: NodeId, payload: bytes) -> None:
+        got.append(payload)
+        entered.set()
+        assert release.wait(5), "the test never released the subscriber"
+
+    inbox.subscribe(slow)
+    inbox.deliver(peer, b"0")
+    assert entered.wait(5), "the first message was never delivered"
+    for i in range(1, 10):
+        inbox.deliver(peer, b"%d" % i)
+    release.set()
+    wait_until(lambda: len(got) == 4, 5, "the queued messages delivered")
+    assert got == [b"0", b"7", b"8", b"9"]
+    assert counters.get("link.messages_dropped") == 6
     inbox.close()
 
 

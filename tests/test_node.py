@@ -12,7 +12,7 @@ from conftest import wait_until
 
 from actors import Node
 from config.settings import Settings, load_settings
-from protocol.errors import ErrorCode, IdentityError, PairingFailed, RegistryError
+from protocol.errors import ErrorCode, IdentityError, PairingFailed, QuicpairError, RegistryError
 
 
 def settings(name: str, **pairing: float) -> Settings:
@@ -183,3 +183,47 @@ def test_an_initiator_never_keeps_a_pairing_it_did_not_commit(tmp_path: Path) ->
         )
     with Node(home, settings("alice")) as alice:
         assert alice.devices(include_pending=True) == []
+
+
+def test_a_joiner_stopped_after_its_vote_keeps_the_pairing_in_doubt(tmp_path: Path) -> None:
+    """Stopping the joiner after PairDone must not delete what the initiator may have committed."""
+    alice_settings = load_settings(
+        node={"listen_host": "127.0.0.1", "listen_port": 0, "name": "alice"},
+        pairing={"step_timeout": 10.0},
+        discovery={"mdns": False},
+        testing={"drop_pair_commit": True},
+    )
+    bob_settings = settings("bob")
+    with Node(tmp_path / "alice", alice_settings) as alice:
+        bob = Node(tmp_path / "bob", bob_settings).start()
+        try:
+            offer = alice.pair()
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                joining = pool.submit(bob.join, offer.uri, timeout=30)
+                assert offer.wait(timeout=15).state == "confirmed"  # Alice committed; PairCommit dropped
+                bob.stop()  # Bob voted and waits for the decision: now he is gone
+                with pytest.raises(PairingFailed):
+                    joining.result(timeout=15)
+        finally:
+            bob.stop()
+        with Node(tmp_path / "bob", bob_settings) as bob:
+            wait_until(
+                lambda: [d.state for d in bob.devices(include_pending=True)] == ["confirmed"],
+                timeout=15,
+                what="Bob's in-doubt pairing resolved as committed at his next start",
+            )
+
+
+def test_pairing_with_oneself_is_refused_and_costs_no_session_slot(tmp_path: Path) -> None:
+    one_slot = load_settings(
+        node={"listen_host": "127.0.0.1", "listen_port": 0, "name": "a", "max_concurrent_pairings": 1},
+        pairing={"step_timeout": 3.0},
+        discovery={"mdns": False},
+    )
+    with Node(tmp_path / "a", one_slot) as alice, Node(tmp_path / "b", settings("b")) as bob:
+        offer = alice.pair()
+        host, port = alice.address
+        with pytest.raises(QuicpairError):
+            alice.join(offer.code, address=f"{host}:{port}", timeout=10)
+        # The one pairing slot is still free: Bob pairs with the same code.
+        assert bob.join(offer.uri, timeout=15).node_id == alice.node_id

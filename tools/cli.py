@@ -5,9 +5,10 @@
     quicpair pair --qr                 # on one device: shows a code, waits for the other
     quicpair join 'quicpair:pair?...'  # on the other: pairs with it
     quicpair devices                   # who this device is paired with
+    quicpair send laptop 'hello'       # and links, receive, unpair (tools/cli_links.py)
 
-Commands that act on the node (pair, join, devices, status, stop) talk to the
-daemon of the home over its control socket (tools/daemon.py); ``--oneshot``
+Commands that act on the node (pair, join, devices, status, stop, and the link
+commands) talk to the daemon of the home over its control socket (tools/daemon.py); ``--oneshot``
 runs a temporary node in this process instead, for one command. Every
 QuicpairError ends the command with one line, ``quicpair: error: <message>``,
 and an exit status that tells its class (:data:`EXIT_CODES`); never a
@@ -36,6 +37,7 @@ from protocol.codes import PairingUri, parse_code_or_uri
 from protocol.errors import ConfigError, IdentityError, PeerUnreachable, QuicpairError
 from protocol.identity import Identity
 
+from .cli_links import MessageError, UnknownPeer, add_link_commands, printable
 from .control import Controller
 from .daemon import (
     CALL_WAIT,
@@ -61,6 +63,8 @@ EXIT_CODES: dict[str, int] = {
     "ConfigError": 6,
     "NoDaemon": 7,
     "DaemonRunning": 8,
+    UnknownPeer.__name__: 9,
+    MessageError.__name__: 2,  # a MESSAGE that is not UTF-8, not base64 or too large
 }
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 CONFIG_FILE = "config.toml"
@@ -75,13 +79,14 @@ _EPILOG = """\
 exit status:
   0    success
   1    any other error (including an unexpected reply from the daemon)
-  2    usage: a wrong option or argument
+  2    usage: a wrong option or argument, or a `send` MESSAGE that cannot be sent as given
   3    the code or pairing URI is not valid (CodeFormatError)
   4    the pairing failed: wrong code, expired, used up, busy, timed out... (PairingFailed)
   5    the other device could not be reached (PeerUnreachable)
   6    the home cannot be used: identity, registry or settings (IdentityError, RegistryError, ConfigError)
   7    no daemon runs for this home (start one: quicpair run; or use --oneshot)
   8    a daemon already serves this home (quicpair run refuses to start a second one)
+  9    PEER is not one paired device: unknown, unpaired, or a name or fingerprint several have
   130  interrupted (Ctrl-C); an open code is cancelled
 
 The home is $QUICPAIR_HOME, or ~/.quicpair. Settings are read from --config, or
@@ -169,7 +174,7 @@ def _out(args: argparse.Namespace, obj: Any, lines: Sequence[str]) -> None:
 
 def _device_lines(device: dict[str, Any], headline: str) -> list[str]:
     return [
-        f"{headline} {device['name']} ({device['fingerprint']}), {device['state']}",
+        f"{headline} {printable(device['name'])} ({device['fingerprint']}), {device['state']}",
         f"  NodeId       {device['node_id']}",
         f"  Our role     {device['role']}",
         f"  Addresses    {', '.join(device['addresses']) or '-'}",
@@ -342,7 +347,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
         with _node(args) as node:
             devices = node.call("devices", include_pending=args.pending)
     rows = [("FINGERPRINT", "NAME", "STATE", "ROLE", "ADDRESSES")] + [
-        (d["fingerprint"], d["name"], d["state"], d["role"], ", ".join(d["addresses"]) or "-")
+        (d["fingerprint"], printable(d["name"]), d["state"], d["role"], ", ".join(d["addresses"]) or "-")
         for d in devices
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -376,14 +381,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     confirmed = sum(d["state"] == "confirmed" for d in devices)
     names = {d["node_id"]: d["name"] for d in devices}
     lines = [
-        f"Node       {info['fingerprint']} ({info['name']}), pid {info.get('pid', '?')}",
+        f"Node       {info['fingerprint']} ({printable(info['name'])}), pid {info.get('pid', '?')}",
         f"NodeId     {info['node_id']}",
         f"Listening  {info['host']}:{info['port']}",
         f"Announces  {', '.join(info['addresses']) or '-'}",
         f"Devices    {confirmed} paired, {len(devices) - confirmed} pending",
     ]
     if links is not None:
-        shown = [f"{names.get(k['node_id'], '?')} ({k['fingerprint']}) {k['state']}" for k in links]
+        shown = [
+            f"{printable(names.get(k['node_id'], '?'))} ({k['fingerprint']}) {k['state']}" for k in links
+        ]
         lines.append(f"Links      {', '.join(shown) or '-'}")
     lines.append("Counters   " + (", ".join(f"{k}={v}" for k, v in counters.items()) or "-"))
     summary = {"confirmed": confirmed, "pending": len(devices) - confirmed}
@@ -514,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pending", action="store_true", help="include pairings not yet committed")
     command("status", cmd_status, "show the running node: identity, addresses, devices, counters")
     command("stop", cmd_stop, "stop the daemon of the home")
+    add_link_commands(command, _seconds)
     return parser
 
 
