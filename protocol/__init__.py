@@ -3,3 +3,7 @@
 Nothing here opens a socket, starts a thread or reads the clock: time and
 randomness are parameters. See docs/PROTOCOL.md for the wire specification.
 """
+
+# The public API lives in the modules (protocol.pairing, protocol.codes, ...),
+# each with its own __all__; the package itself exports nothing.
+__all__: list[str] = []
