@@ -147,12 +147,14 @@ class PinnedQuicConnection(QuicConnection):
         configuration: QuicConfiguration,
         expect: NodeId | None = None,
         original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
     ) -> None:
         if configuration.session_ticket is not None:
             raise ValueError("session resumption is never used by quicpair")
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
         )
         self.expect = expect
         #: The NodeId our hook verified during the handshake (None until then).

@@ -19,9 +19,11 @@ import pytest
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.packet import QuicErrorCode, pull_quic_header
 from aioquic.tls import AlertDescription, SessionTicket
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -578,6 +580,146 @@ async def test_a_half_open_handshake_is_dropped_by_the_listener() -> None:
         await wait_until(lambda: server.listener.connections == 1)
         await wait_until(lambda: server.listener.connections == 0, timeout=3.0)
     assert server.listener.refused == 1 and server.links == []
+    await shutdown(server)
+
+
+# -- floods of Initials: Retry and the per-source cap ---------------------------------------
+
+
+class InitialSender:
+    """Throwaway aioquic clients on one UDP socket: each sends its first Initial, then whatever we tell it."""
+
+    def __init__(self, port: int, host: str = HOST) -> None:
+        self.target = (HOST, port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+
+    def initial(self, token: bytes = b"") -> QuicConnection:
+        """A new client whose full-size first Initial is sent; it is never driven further unless asked."""
+        config = quic_configuration(BOB, is_client=True, alpns=[ALPN_LINK], idle_timeout=5.0, now=0.0)
+        config.token = token
+        client = QuicConnection(configuration=config)
+        client.connect(self.target, now=0.0)
+        self.flush(client)
+        return client
+
+    def flush(self, client: QuicConnection) -> None:
+        for data, _ in client.datagrams_to_send(now=0.0):
+            assert len(data) >= 1200  # full size: the listener may create state for it
+            self.sock.sendto(data, self.target)
+
+    async def answer(self, client: QuicConnection) -> None:
+        """Feed the listener's next datagram to ``client`` and send what it answers (the token echo)."""
+        loop = asyncio.get_running_loop()
+        while True:  # skip what the listener sends to this socket's other clients
+            data = await asyncio.wait_for(loop.sock_recv(self.sock, 2048), 2.0)
+            if pull_quic_header(Buffer(data=data), host_cid_length=8).destination_cid == client.host_cid:
+                break
+        client.receive_datagram(data, self.target, now=0.0)
+        self.flush(client)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@scenario
+async def test_a_flood_of_initials_from_one_host_leaves_room_for_a_genuine_dial() -> None:
+    server = await start_server(max_connections=64, handshake_timeout=5.0)  # Retry only at 32 handshakes
+    listener = server.listener
+    flood = InitialSender(server.port)
+    try:
+        for _ in range(40):
+            flood.initial()  # never completes: each would hold a slot for handshake_timeout
+        await wait_until(lambda: listener.retries == 40 - transport.MAX_HANDSHAKES_PER_SOURCE)
+        assert listener.handshakes == listener.connections == transport.MAX_HANDSHAKES_PER_SOURCE
+        # Same IP as the flood: its first Initial gets a Retry, the echoed token gets it in.
+        link = await bob_dials(server, expect=ALICE.node_id)
+        assert link.peer == ALICE.node_id
+        await wait_until(lambda: listener.accepted == 1)
+        assert listener.throttled == 0 and listener.handshakes == transport.MAX_HANDSHAKES_PER_SOURCE
+    finally:
+        flood.close()
+    await shutdown(server, link)
+
+
+@scenario
+async def test_spoofed_sources_cannot_fill_the_table() -> None:
+    # Many source addresses that never answer (a spoofer never sees our Retry), on 127.0.0.0/8.
+    server = await start_server(max_connections=8, handshake_timeout=5.0)  # Retry from 4 handshakes on
+    listener = server.listener
+    floods = [InitialSender(server.port, host=f"127.0.0.{n}") for n in range(2, 32)]
+    try:
+        for flood in floods:
+            flood.initial()
+        await wait_until(lambda: listener.retries == 30 - 4)
+        assert listener.handshakes == listener.connections == 4
+        link = await bob_dials(server)
+        assert link.peer == ALICE.node_id and listener.retries == 30 - 4 + 1
+        await wait_until(lambda: listener.accepted == 1)
+        assert listener.connections == 5 and listener.handshakes == 4
+    finally:
+        for flood in floods:
+            flood.close()
+    await shutdown(server, link)
+
+
+@scenario
+async def test_with_retry_always_no_state_is_kept_for_a_source_that_never_echoes() -> None:
+    server = await start_server(retry_threshold=0)
+    listener = server.listener
+    flood = InitialSender(server.port)
+    try:
+        for _ in range(10):
+            flood.initial()
+        await wait_until(lambda: listener.retries == 10)
+        assert listener.connections == listener.handshakes == 0 and listener.refused == 0
+        link = await bob_dials(server, expect=ALICE.node_id)  # aioquic's client answers the Retry
+        accepted = await server.first_link()
+        assert accepted.peer == BOB.node_id and listener.retries == 11
+        assert listener.connections == 1 and listener.handshakes == 0
+        # Both sides still agree on the connection id (the client's first DCID, RFC 9000 7.3).
+        assert accepted.connection_id == link.connection_id
+    finally:
+        flood.close()
+    await shutdown(server, link)
+
+
+@scenario
+async def test_validated_handshakes_beyond_the_per_source_cap_are_dropped() -> None:
+    server = await start_server(retry_threshold=0, max_handshakes_per_source=2, handshake_timeout=5.0)
+    listener = server.listener
+    host = InitialSender(server.port)
+    try:
+        for expected in (1, 2):
+            client = host.initial()
+            await host.answer(client)  # the Retry; the client sends its Initial again with the token
+            await wait_until(lambda: listener.handshakes == expected)  # noqa: B023 (awaited here)
+        client = host.initial()
+        await host.answer(client)
+        await wait_until(lambda: listener.throttled == 1)
+        assert listener.handshakes == listener.connections == 2 and listener.retries == 3
+    finally:
+        host.close()
+    await shutdown(server)
+
+
+@scenario
+async def test_a_forged_token_is_refused_with_invalid_token_and_no_state() -> None:
+    server = await start_server()
+    forger = InitialSender(server.port)
+    try:
+        client = forger.initial(token=bytes(40))
+        await forger.answer(client)
+        client.handle_timer(now=client.get_timer() or 0.0)  # the end of draining (RFC 9000 10.2)
+        events = []
+        while (event := client.next_event()) is not None:
+            events.append(event)
+        closes = [e for e in events if isinstance(e, ConnectionTerminated)]
+        assert closes and closes[0].error_code == QuicErrorCode.INVALID_TOKEN
+        assert server.listener.connections == 0 and server.listener.retries == 0
+    finally:
+        forger.close()
     await shutdown(server)
 
 
