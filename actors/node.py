@@ -67,7 +67,7 @@ from .registry import DeviceRecord, DeviceState, RegistryActor, RegistryStore
 from .session_joiner import JoinerSession
 from .supervisor import ChildSpec, Restart, Strategy, Supervised, Supervisor
 
-__all__ = ["Node"]
+__all__ = ["Node", "prepare_home"]
 
 IDENTITY_FILE = "identity.pem"
 REGISTRY_FILE = "registry.sqlite3"
@@ -112,7 +112,7 @@ class Node:
         """Open the home, start the actors and bind the port; raises on any failure, leaving nothing."""
         if self._root is not None:
             raise RuntimeError("the node is already started")
-        _prepare_home(self.home)
+        prepare_home(self.home)
         identity = Identity.load_or_create(self.home / IDENTITY_FILE)
         # Open and check the registry once up front, so a corrupt or newer
         # file is a clear error from start(), not a restart loop; and recover
@@ -500,8 +500,8 @@ def _recover_pairings(store: RegistryStore) -> list[DeviceRecord]:
     return in_doubt
 
 
-def _prepare_home(home: Path) -> None:
-    """Create the home (0700); refuse one that other users can enter."""
+def prepare_home(home: Path) -> None:
+    """Create the home (0700) if needed; refuse one that other users can enter."""
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         mode = stat.S_IMODE(os.stat(home).st_mode)

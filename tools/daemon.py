@@ -42,7 +42,6 @@ import os
 import selectors
 import signal
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,7 +50,7 @@ from types import FrameType
 from typing import Any
 
 from actors.logs import configure_logging, get_logger
-from actors.node import Node
+from actors.node import Node, prepare_home
 from config.settings import Settings
 from protocol.errors import ConfigError, IdentityError, QuicpairError
 
@@ -99,19 +98,6 @@ class NoDaemon(QuicpairError):
 
 
 # -- the home ------------------------------------------------------------------------
-
-
-def prepare_home(home: Path) -> None:
-    """Create the home (0700) if needed; refuse one that other users can enter (as the node does)."""
-    try:
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        mode = stat.S_IMODE(os.stat(home).st_mode)
-    except OSError as exc:
-        raise IdentityError(f"cannot use {home} as the node's home: {exc.strerror}") from exc
-    if mode & 0o077:
-        raise IdentityError(
-            f"the node's home {home} is accessible by other users (mode {mode:o}); run: chmod 700 {home}"
-        )
 
 
 def control_socket_path(home: Path) -> Path:
