@@ -42,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from link_harness import WAIT, exchange, link, lower_of, wait_linked
 from netns import Host, Lan, require_netns
 from nodeproc import NodeProcess
 
-from protocol.identity import Identity, NodeId
+from protocol.identity import Identity
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration]
 
@@ -63,7 +64,6 @@ NET = (
     "pairing.step_timeout=3",
 )
 #: Bound on every wait for something that normally takes well under a second or two.
-WAIT = 15.0
 #: Where a moved host goes (tests/netns.py hands out 10.231.0.10+ to hosts).
 NEW_ADDRESS = "10.231.9.9"
 
@@ -159,47 +159,6 @@ def pair_by_code(alice: NodeProcess, bob: NodeProcess) -> dict[str, Any]:
     assert reply.ok, f"pairing by code failed: {reply.error}"
     result: dict[str, Any] = reply.result
     return result
-
-
-def lower_of(alice: NodeProcess, bob: NodeProcess) -> tuple[NodeProcess, NodeProcess]:
-    """(the dialer, the waiting side) of the pair: the lower NodeId dials."""
-    a, b = NodeId.from_text(alice.node_id), NodeId.from_text(bob.node_id)
-    return (alice, bob) if a.raw < b.raw else (bob, alice)
-
-
-def link(node: NodeProcess) -> dict[str, Any] | None:
-    links: list[dict[str, Any]] = node.ok("links")
-    assert len(links) <= 1
-    return links[0] if links else None
-
-
-def linked(a: NodeProcess, b: NodeProcess) -> bool:
-    la, lb = link(a), link(b)
-    return (
-        la is not None
-        and lb is not None
-        and la["state"] == lb["state"] == "up"
-        and la["connection_id"] == lb["connection_id"]
-        and la["connections"] == lb["connections"] == 1
-    )
-
-
-def wait_linked(a: NodeProcess, b: NodeProcess, timeout: float = WAIT) -> str:
-    """Wait until both hold exactly one connection, up, the same one; its connection id."""
-    a.wait_for(lambda: linked(a, b), timeout=timeout, what=f"one link up between {a.name} and {b.name}")
-    status = link(a)
-    assert status is not None
-    return str(status["connection_id"])
-
-
-def exchange(a: NodeProcess, b: NodeProcess, text: str) -> None:
-    """A sealed message each way, received intact."""
-    for sender, receiver in ((a, b), (b, a)):
-        sender.ok("send", node_id=receiver.node_id, payload=f"{text} from {sender.name}", timeout=5)
-        messages = receiver.ok("messages", timeout=5)
-        assert [(m["node_id"], m["text"]) for m in messages] == [
-            (sender.node_id, f"{text} from {sender.name}")
-        ]
 
 
 def stamp(event: dict[str, Any]) -> float:

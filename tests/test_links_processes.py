@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from link_harness import WAIT, counter, exchange, link, linked, lower_of, wait_linked
 from nodeproc import NodeFactory, NodeProcess
 from nodeproc import nodes_fixture as nodes_fixture  # the ``nodes`` fixture
 
@@ -43,7 +44,6 @@ FAST = (
     "link.stagger=0.05",
     "link.dial_timeout=2",
 )
-WAIT = 15.0
 
 
 # -- the scenario's words ---------------------------------------------------------------
@@ -70,51 +70,6 @@ def pair(alice: NodeProcess, bob: NodeProcess) -> None:
     offer = alice.pair()
     reply = bob.join(offer["uri"], timeout=WAIT)
     assert reply.ok, f"pairing failed: {reply.error}"
-
-
-def lower_of(alice: NodeProcess, bob: NodeProcess) -> tuple[NodeProcess, NodeProcess]:
-    """(the dialer, the listener) of the pair."""
-    a, b = NodeId.from_text(alice.node_id), NodeId.from_text(bob.node_id)
-    return (alice, bob) if a.raw < b.raw else (bob, alice)
-
-
-def link(node: NodeProcess) -> dict[str, Any] | None:
-    links: list[dict[str, Any]] = node.ok("links")
-    assert len(links) <= 1
-    return links[0] if links else None
-
-
-def linked(a: NodeProcess, b: NodeProcess) -> bool:
-    la, lb = link(a), link(b)
-    return (
-        la is not None
-        and lb is not None
-        and la["state"] == lb["state"] == "up"
-        and la["connection_id"] == lb["connection_id"]
-        and la["connections"] == lb["connections"] == 1
-    )
-
-
-def wait_linked(a: NodeProcess, b: NodeProcess, timeout: float = WAIT) -> str:
-    """Wait until both hold exactly one connection, up, the same; its connection id."""
-    a.wait_for(lambda: linked(a, b), timeout=timeout, what=f"one link up between {a.name} and {b.name}")
-    status = link(a)
-    assert status is not None
-    return str(status["connection_id"])
-
-
-def exchange(a: NodeProcess, b: NodeProcess, text: str) -> None:
-    """A sealed message each way, received intact."""
-    for sender, receiver in ((a, b), (b, a)):
-        sender.ok("send", node_id=receiver.node_id, payload=f"{text} from {sender.name}", timeout=5)
-        messages = receiver.ok("messages", timeout=5)
-        assert [(m["node_id"], m["text"]) for m in messages] == [
-            (sender.node_id, f"{text} from {sender.name}")
-        ]
-
-
-def counter(node: NodeProcess, name: str) -> int:
-    return node.counters().get(name, 0)
 
 
 def _delta(earlier: str, later: str) -> float:
