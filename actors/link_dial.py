@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from pykka import ActorDeadError
 
-from protocol.codes import format_address, split_address
+from protocol.codes import split_address
 from protocol.errors import ErrorCode, PeerUnreachable, QuicpairError
 from protocol.identity import NodeId
 
@@ -60,7 +60,6 @@ __all__ = [
     "OnAttempt",
     "Resolve",
     "dial_peer",
-    "dialable_observed",
     "race",
 ]
 
@@ -356,18 +355,3 @@ def _tell_or_close(tell: Callable[[Any], None], message: Any, link: QuicLink | N
     except ActorDeadError:
         if link is not None and not link.is_closed:
             link.close(ErrorCode.GOING_AWAY, "link worker stopped")
-
-
-def dialable_observed(address: str, announced: tuple[str, ...]) -> str | None:
-    """The host an accepted connection came from, at the port the peer listens on.
-
-    The source port of a dialer's connection is its ephemeral socket, never
-    something to dial back; the host is worth keeping (the peer may have moved
-    and not be able to tell us), paired with its announced listening port.
-    """
-    try:
-        host, _ = split_address(address)
-        ports = [split_address(a)[1] for a in announced]
-    except ValueError:
-        return None
-    return format_address(host, ports[0]) if ports else None

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from protocol.codes import announced_addresses
+from protocol.codes import announced_addresses, dialable_observed
 from protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -49,7 +49,7 @@ from protocol.link import AddressesReceived, AppDataReceived, LinkChannel, LinkE
 from .context import NodeContext
 from .link_choice import LinkConns
 from .link_conn import ConnClosed, ConnData, ConnReset, LinkConn
-from .link_dial import SOURCE_HINT, SOURCE_STORED, DialDone, DialLoop, dialable_observed
+from .link_dial import SOURCE_HINT, SOURCE_STORED, DialDone, DialLoop
 from .link_outbox import Outbox
 from .link_state import (
     Accepted,

@@ -52,6 +52,7 @@ __all__ = [
     "PairingCode",
     "PairingUri",
     "announced_addresses",
+    "dialable_observed",
     "format_address",
     "normalize_address",
     "parse_code_or_uri",
@@ -334,6 +335,21 @@ def announced_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
         if normal not in kept:
             kept.append(normal)
     return tuple(kept[:MAX_ADDRESSES])
+
+
+def dialable_observed(address: str, announced: tuple[str, ...]) -> str | None:
+    """The host an accepted connection came from, at the port the peer listens on.
+
+    The source port of a dialer's connection is its ephemeral socket, never
+    something to dial back; the host is worth keeping (the peer may have moved
+    and not be able to tell us), paired with its announced listening port.
+    """
+    try:
+        host, _ = split_address(address)
+        ports = [split_address(a)[1] for a in announced]
+    except ValueError:
+        return None
+    return format_address(host, ports[0]) if ports else None
 
 
 # -- the URI -------------------------------------------------------------------

@@ -409,7 +409,7 @@ def test_a_node_bound_to_loopback_never_starts_mdns(tmp_path: Path, loop_thread:
 
 
 def test_an_accepted_connection_is_remembered_at_the_port_the_peer_listens_on() -> None:
-    from actors.link_dial import dialable_observed
+    from protocol.codes import dialable_observed
 
     # The source port of an accepted connection is the dialer's ephemeral socket.
     assert dialable_observed("10.231.0.9:53117", ("10.231.0.5:47470",)) == "10.231.0.9:47470"
