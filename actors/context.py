@@ -23,13 +23,12 @@ from typing import Any
 
 from pykka import ActorRef
 
-from config.settings import Settings
-from protocol.codebook import Codebook
-from protocol.codes import format_address
-from protocol.identity import Identity
-
-from .counters import Counters
-from .loop import EventLoopThread
+from quicpair.actors.kernel.counters import Counters
+from quicpair.actors.kernel.loop import EventLoopThread
+from quicpair.config.settings import Settings
+from quicpair.protocol.codebook import Codebook
+from quicpair.protocol.codes import format_address
+from quicpair.protocol.identity import Identity
 
 __all__ = ["NodeContext", "Offer"]
 
@@ -74,11 +73,11 @@ class NodeContext:
     sessions: ActorRef[Any] | None = None
     listener: ActorRef[Any] | None = None
     #: Owner of paired links (admit/accepted), once links are running; loop-confined.
-    #: The LinksActor itself (actors/links.py), set by its on_start.
+    #: The LinksActor itself (actors/links/supervisor.py), set by its on_start.
     links: Any = None
     #: The LinksActor's ref (for the Node API and other threads).
     link_supervisor: ActorRef[Any] | None = None
-    #: The running mDNS Discovery (actors/discovery.py) or None; loop-confined.
+    #: The running mDNS Discovery (actors/discovery/mdns.py) or None; loop-confined.
     discovery: Any = None
     #: Application messages received from peers (actors/link_inbox.Inbox); thread-safe.
     inbox: Any = None

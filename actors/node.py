@@ -7,7 +7,7 @@
         device = bob.join(offer.uri)         # blocks until paired (or PairingFailed)
         assert offer.wait(10).node_id == bob.node_id
 
-Once paired, the two nodes keep a link (actors/links.py)::
+Once paired, the two nodes keep a link (actors/links/supervisor.py)::
 
     alice.send(bob.node_id, b"hello", timeout=5)    # PeerUnreachable if the link stays down
     bob.subscribe(lambda peer, payload: ...)        # or: bob.receive(timeout=5)
@@ -45,27 +45,27 @@ from typing import Any, Self
 
 import pykka
 
-from config.settings import Settings, load_settings
-from protocol import errors
-from protocol.codes import parse_code_or_uri, split_address
-from protocol.errors import ErrorCode, IdentityError
-from protocol.identity import Identity, NodeId
-from protocol.keys import Role
-from protocol.messages import MAX_APP_PAYLOAD
-
-from .context import NodeContext
-from .counters import Counters
-from .device import Device, PairingOffer
-from .link_discovery import RESOLVE_NAMEPLATE_TIMEOUT, DiscoveryActor
-from .link_inbox import Inbox, ReceivedMessage
-from .link_state import LinkStatus, SendRequest
-from .links import LinksActor, UnpairCommand, load_link_records
-from .listener import ListenerActor
-from .logs import get_logger
-from .loop import EventLoopThread
-from .registry import DeviceRecord, DeviceState, RegistryActor, RegistryStore
-from .session_joiner import JoinerSession
-from .supervisor import ChildSpec, Restart, Strategy, Supervised, Supervisor
+from quicpair.actors.context import NodeContext
+from quicpair.actors.discovery.actor import RESOLVE_NAMEPLATE_TIMEOUT, DiscoveryActor
+from quicpair.actors.kernel.counters import Counters
+from quicpair.actors.kernel.exits import Supervised
+from quicpair.actors.kernel.logs import get_logger
+from quicpair.actors.kernel.loop import EventLoopThread
+from quicpair.actors.kernel.supervisor import ChildSpec, Restart, Strategy, Supervisor
+from quicpair.actors.links.inbox import Inbox, ReceivedMessage
+from quicpair.actors.links.messages import LinkStatus, SendRequest
+from quicpair.actors.links.supervisor import LinksActor, UnpairCommand, load_link_records
+from quicpair.actors.pairing.device import Device, PairingOffer
+from quicpair.actors.pairing.joiner import JoinerSession
+from quicpair.actors.pairing.listener import ListenerActor
+from quicpair.actors.registry.actor import DeviceRecord, DeviceState, RegistryActor, RegistryStore
+from quicpair.config.settings import Settings, load_settings
+from quicpair.protocol import errors
+from quicpair.protocol.codes import parse_code_or_uri, split_address
+from quicpair.protocol.errors import ErrorCode, IdentityError
+from quicpair.protocol.identity import Identity, NodeId
+from quicpair.protocol.keys import Role
+from quicpair.protocol.messages import MAX_APP_PAYLOAD
 
 __all__ = ["Node", "prepare_home"]
 
@@ -477,7 +477,7 @@ async def _await_all(tasks: list[Any]) -> None:
 
 
 def _mdns_expected(settings: Settings) -> bool:
-    """True when this node runs mDNS (actors/link_discovery.py decides the same way)."""
+    """True when this node runs mDNS (actors/discovery/actor.py decides the same way)."""
     host = settings.node.listen_host
     return settings.discovery.mdns and not ipaddress.ip_address(host).is_loopback
 

@@ -1,9 +1,11 @@
 """quicpair's settings: built-in defaults, a user file and overrides, validated once.
 
-See :mod:`config.settings` and ``config/defaults.toml`` (every value with its reason).
+See :mod:`quicpair.config.settings` and ``config/defaults.toml`` (every value with its reason).
+
+May import: quicpair.protocol
 """
 
-from .settings import (
+from quicpair.config.settings import (
     DiscoverySettings,
     LinkSettings,
     LogSettings,

@@ -31,8 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import ConfigError
-from protocol.messages import MAX_NAME_LEN, MESSAGE_TYPES
+from quicpair.protocol.errors import ConfigError
+from quicpair.protocol.messages import MAX_NAME_LEN, MESSAGE_TYPES
 
 __all__ = [
     "DiscoverySettings",
@@ -375,7 +375,8 @@ def load_settings(path: Path | str | None = None, **overrides: Mapping[str, Any]
     section name -> {key: value}, over both (e.g. ``node={"listen_port": 0}``).
     Raises ConfigError naming the setting, where it came from and what is allowed.
     """
-    defaults_text = resources.files("config").joinpath("defaults.toml").read_text("utf-8")
+    defaults_file = resources.files(__package__ or "quicpair.config").joinpath("defaults.toml")
+    defaults_text = defaults_file.read_text("utf-8")
     values: dict[str, dict[str, tuple[Any, _Layer]]] = {}
     _merge(values, _parse(defaults_text, "built-in defaults (config/defaults.toml)"))
     if path is not None:

@@ -2,6 +2,9 @@
 
 Nothing here opens a socket, starts a thread or reads the clock: time and
 randomness are parameters. See docs/PROTOCOL.md for the wire specification.
+
+May import: nothing of quicpair outside protocol (and no asyncio, threading, socket,
+selectors, pykka, aioquic or zeroconf: tests/test_layers.py)
 """
 
 # The public API lives in the modules (protocol.pairing, protocol.codes, ...),

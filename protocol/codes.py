@@ -82,7 +82,7 @@ _ZONE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def _load_words() -> tuple[str, ...]:
-    path = resources.files(__package__ or "protocol").joinpath("wordlist_bip39_en.txt")
+    path = resources.files(__package__ or "quicpair.protocol").joinpath("wordlist_bip39_en.txt")
     words = tuple(path.read_text(encoding="ascii").split())
     if len(words) != 1 << BITS_PER_WORD or len({w[:_PREFIX_LEN] for w in words}) != len(words):
         raise ImportError("protocol/wordlist_bip39_en.txt is damaged: reinstall quicpair")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
+    "ALPN_LINK",
+    "ALPN_PAIR",
     "MAC_SIZE",
     "MAX_ADDRESSES",
     "MAX_ADDRESS_LEN",
@@ -54,6 +56,10 @@ __all__ = [
 
 #: The version in every frame; also the ``/1`` of the ALPNs.
 PROTOCOL_VERSION = 1
+#: ALPN of a pairing connection (one stream, the SPAKE2 exchange).
+ALPN_PAIR = f"quicpair/pair/{PROTOCOL_VERSION}"
+#: ALPN of the long-lived link between two paired nodes.
+ALPN_LINK = f"quicpair/link/{PROTOCOL_VERSION}"
 #: A SPAKE2 message over Ed25519: one side byte and a 32-byte group element.
 PAKE_MESSAGE_SIZE = 33
 #: HMAC-SHA256 output.

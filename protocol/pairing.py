@@ -2,7 +2,7 @@
 
 Import the machines and their events from here::
 
-    from protocol.pairing import Initiator, Joiner, Resolver, PeerVerified, ...
+    from quicpair.protocol.pairing import Initiator, Joiner, Resolver, PeerVerified, ...
 
 The flow (one QUIC connection, one bidirectional stream opened by the
 joiner, ALPN ``quicpair/pair/1``; docs/PROTOCOL.md has the wire details)::

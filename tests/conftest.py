@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 import pykka
 import pytest
 
+from support.waiting import wait_until
+
 #: How long a test's actors and threads get to finish after the test body. A
 #: stopped ThreadingActor's thread ends microseconds after stop() returns; a
 #: loop thread joins within its stop(). Seconds here only matter on failure.
@@ -32,7 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # structlog.testing.capture_logs() sees every event in tests that assert on logs.
     import os
 
-    from actors.logs import configure_logging
+    from quicpair.actors.kernel.logs import configure_logging
 
     configure_logging(level="debug", fmt="json", stream=open(os.devnull, "w"))  # noqa: SIM115
     config.addinivalue_line(
@@ -74,16 +76,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     pytest.fail(f"leaked after {LEAK_WAIT} s:\n  " + "\n  ".join(lines), pytrace=False)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}", pytrace=False)
-        time.sleep(0.002)
-
-
 @pytest.fixture
 def until() -> Callable[..., None]:
-    """The bounded ``wait_until(predicate, timeout=5.0, what=...)`` helper, as a fixture."""
+    """``wait_until(predicate, timeout=5.0, what=...)`` (tests/support/waiting.py), as a fixture."""
     return wait_until

@@ -8,11 +8,11 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
 
-from actors import Node
-from config.settings import Settings, load_settings
-from protocol.errors import ErrorCode, IdentityError, PairingFailed, QuicpairError, RegistryError
+from quicpair.actors import Node
+from quicpair.config.settings import Settings, load_settings
+from quicpair.protocol.errors import ErrorCode, IdentityError, PairingFailed, QuicpairError, RegistryError
+from support.waiting import wait_until
 
 
 def settings(name: str, **pairing: float) -> Settings:
@@ -159,9 +159,9 @@ def test_a_joiner_left_in_doubt_asks_again_when_it_next_starts(tmp_path: Path) -
 
 def test_an_initiator_never_keeps_a_pairing_it_did_not_commit(tmp_path: Path) -> None:
     """Presumed abort: a PENDING record of ours as initiator is deleted at start."""
-    from actors.registry import DeviceRecord, DeviceState, RegistryStore
-    from protocol.identity import Identity
-    from protocol.keys import Role
+    from quicpair.actors.registry.actor import DeviceRecord, DeviceState, RegistryStore
+    from quicpair.protocol.identity import Identity
+    from quicpair.protocol.keys import Role
 
     home = tmp_path / "alice"
     Node(home, settings("alice")).start().stop()

@@ -1,6 +1,6 @@
 """Round-trip cost of LoopActor vs pykka's ThreadingActor (a benchmark, not a test).
 
-    python -m tools.bench_loopactor [--n 5000] [--repeat 5]
+    python -m quicpair.tools.bench_loopactor [--n 5000] [--repeat 5]
 
 Prints microseconds per round trip (median of ``--repeat`` runs) for:
 
@@ -24,8 +24,9 @@ from typing import Any
 
 import pykka
 
-from actors.loop import EventLoopThread
-from actors.loopactor import LoopActor, ask_async
+from quicpair.actors.kernel.loop import EventLoopThread
+from quicpair.actors.kernel.loopactor import LoopActor
+from quicpair.actors.kernel.replies import ask_async
 
 
 class LoopEcho(LoopActor):

@@ -1,6 +1,6 @@
 """Benchmark: full pairings between two nodes over QUIC on loopback.
 
-    python -m tools.bench_pairing --sequential 30 --concurrent 30
+    python -m quicpair.tools.bench_pairing --sequential 30 --concurrent 30
 
 Two nodes in this process (each with its own loop thread, actors and SQLite
 registry in a temporary home). Sequential: one pairing after the other,
@@ -18,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from actors import Node
-from actors.logs import configure_logging
-from config.settings import Settings, load_settings
+from quicpair.actors import Node
+from quicpair.actors.kernel.logs import configure_logging
+from quicpair.config.settings import Settings, load_settings
 
 __all__ = ["main"]
 
@@ -43,7 +43,7 @@ def _percentile(values: list[float], p: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_pairing")
+    parser = argparse.ArgumentParser(prog="python -m quicpair.tools.bench_pairing")
     parser.add_argument("--sequential", type=int, default=30)
     parser.add_argument("--concurrent", type=int, default=30, help="at most 32 (open codes per node)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
-"""Loopback benchmark of actors/transport.py: handshake time and stream round trip.
+"""Loopback benchmark of actors/transport/dial.py and listener.py: handshake time and stream round trip.
 
-    python -m tools.bench_transport [-n 200] [--rtt 1000]
+    python -m quicpair.tools.bench_transport [-n 200] [--rtt 1000]
 
 A handshake is timed from the call to ``dial`` to its return, i.e. mutual
 TLS with both certificate checks, ``admit`` on the listener and the
@@ -18,10 +18,13 @@ import statistics
 import sys
 import time
 
-from actors.logs import configure_logging
-from actors.transport import ALPN_LINK, QuicLink, dial, listen
-from protocol.errors import ErrorCode
-from protocol.identity import Identity
+from quicpair.actors.kernel.logs import configure_logging
+from quicpair.actors.transport.dial import dial
+from quicpair.actors.transport.listener import listen
+from quicpair.actors.transport.quic_link import QuicLink
+from quicpair.protocol.errors import ErrorCode
+from quicpair.protocol.identity import Identity
+from quicpair.protocol.messages import ALPN_LINK
 
 __all__ = ["main"]
 

@@ -28,14 +28,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from actors.device import Device
-from actors.logs import configure_logging
-from actors.node import IDENTITY_FILE, REGISTRY_FILE, Node
-from actors.registry import DeviceState, RegistryStore
-from config.settings import Settings, load_settings
-from protocol.codes import PairingUri, parse_code_or_uri
-from protocol.errors import ConfigError, IdentityError, PeerUnreachable, QuicpairError
-from protocol.identity import Identity
+from quicpair.actors.kernel.logs import configure_logging
+from quicpair.actors.node import IDENTITY_FILE, REGISTRY_FILE, Node
+from quicpair.actors.pairing.device import Device
+from quicpair.actors.registry.actor import DeviceState, RegistryStore
+from quicpair.config.settings import Settings, load_settings
+from quicpair.protocol.codes import PairingUri, parse_code_or_uri
+from quicpair.protocol.errors import ConfigError, IdentityError, PeerUnreachable, QuicpairError
+from quicpair.protocol.identity import Identity
 
 from .cli_links import MessageError, UnknownPeer, add_link_commands, printable
 from .control import Controller
@@ -444,6 +444,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    """The installed distribution's version (its metadata; the source of truth is setup.cfg)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("quicpair")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: an option given after the command must not be reset by the command's default.
@@ -479,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="a settings file (default: <home>/config.toml if present)"
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output (JSON lines)")
+    parser.add_argument(
+        "--version", action="version", version=f"quicpair {_version()}", help="print the version and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(

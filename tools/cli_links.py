@@ -34,10 +34,10 @@ from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any, Protocol
 
-from actors.node import SEND_TIMEOUT, UNPAIR_TIMEOUT
-from protocol.errors import QuicpairError
-from protocol.identity import NodeId
-from protocol.messages import MAX_APP_PAYLOAD
+from quicpair.actors.node import SEND_TIMEOUT, UNPAIR_TIMEOUT
+from quicpair.protocol.errors import QuicpairError
+from quicpair.protocol.identity import NodeId
+from quicpair.protocol.messages import MAX_APP_PAYLOAD
 
 from .daemon import CALL_WAIT, MAX_REQUEST_LINE, ControlClient, DaemonError
 

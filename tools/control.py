@@ -19,11 +19,11 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from actors.device import PairingOffer
-from actors.node import Node
-from protocol.errors import PairingFailed as PairingFailedError
-from protocol.errors import ProtocolError, QuicpairError
-from protocol.identity import NodeId
+from quicpair.actors.node import Node
+from quicpair.actors.pairing.device import PairingOffer
+from quicpair.protocol.errors import PairingFailed as PairingFailedError
+from quicpair.protocol.errors import ProtocolError, QuicpairError
+from quicpair.protocol.identity import NodeId
 
 __all__ = ["OPS", "Controller", "decode_request", "error_reply"]
 

@@ -49,10 +49,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from actors.logs import configure_logging, get_logger
-from actors.node import Node, prepare_home
-from config.settings import Settings
-from protocol.errors import ConfigError, IdentityError, QuicpairError
+from quicpair.actors.kernel.logs import configure_logging, get_logger
+from quicpair.actors.node import Node, prepare_home
+from quicpair.config.settings import Settings
+from quicpair.protocol.errors import ConfigError, IdentityError, QuicpairError
 
 from .control import Controller, RequestError, decode_request, error_reply
 

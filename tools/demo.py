@@ -1,10 +1,10 @@
 """The demo: two node processes pair over QUIC on 127.0.0.1, link up, and reconnect after a restart.
 
-    python -m tools.demo                # what tools/run-demo runs; exit status 0 when every check passed
-    python -m tools.demo --keep         # keep the temporary homes and logs for a look afterwards
-    python -m tools.demo --dialer bob   # make the identities so that Bob holds the lower NodeId
+    python -m quicpair.tools.demo        # what tools/run-demo runs; exit status 0 when every check passed
+    python -m quicpair.tools.demo --keep         # keep the temporary homes and logs for a look afterwards
+    python -m quicpair.tools.demo --dialer bob   # make the identities so that Bob holds the lower NodeId
 
-Alice and Bob are two real processes (``python -m tools.nodehost``), each with
+Alice and Bob are two real processes (``python -m quicpair.tools.nodehost``), each with
 its own temporary home, driven over the control protocol (tools/control.py).
 Alice opens a code, Bob joins with the pairing URI. The report checks what a
 person would: the same SAS words in both logs, each side holds the other as
@@ -42,8 +42,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from config.settings import load_settings
-from protocol.identity import Identity, NodeId
+from quicpair.config.settings import load_settings
+from quicpair.protocol.identity import Identity, NodeId
 
 __all__ = ["DemoFailed", "NodeProcess", "main"]
 
@@ -75,7 +75,7 @@ class DemoFailed(Exception):
 
 
 class NodeProcess:
-    """One ``python -m tools.nodehost`` process: requests in on stdin, replies out on stdout."""
+    """One ``python -m quicpair.tools.nodehost`` process: requests in on stdin, replies out on stdout."""
 
     def __init__(self, name: str, home: Path, log: Path, settings: tuple[str, ...] = ()) -> None:
         self.name, self.home, self.log, self.settings = name, home, log, settings
@@ -90,7 +90,8 @@ class NodeProcess:
         env = dict(
             os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         )
-        args = [sys.executable, "-m", "tools.nodehost", "--home", str(self.home), "--name", self.name]
+        args = [sys.executable, "-m", "quicpair.tools.nodehost"]
+        args += ["--home", str(self.home), "--name", self.name]
         # mDNS off: the demo stays on loopback and sends nothing to the local network.
         args += ["--listen", f"127.0.0.1:{port}", "--set", "discovery.mdns=false"]
         args += [arg for item in self.settings for arg in ("--set", item)]
@@ -568,7 +569,9 @@ def _restart_and_reconnect(alice: NodeProcess, bob: NodeProcess, old_conn: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m quicpair.tools.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
     parser.add_argument(
         "--dialer", choices=("alice", "bob"), help="give this node the lower NodeId: it dials"

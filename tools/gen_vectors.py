@@ -1,8 +1,8 @@
 """Deterministic test vectors for docs/PROTOCOL.md, produced by running the real machines.
 
-    python -m tools.gen_vectors             write docs/vectors.json and the generated parts of PROTOCOL.md
-    python -m tools.gen_vectors --check     exit 1 if either differs from what the code produces now
-    python -m tools.gen_vectors --markdown  print the "Test vectors" excerpt
+    python -m quicpair.tools.gen_vectors             write docs/vectors.json and PROTOCOL.md's vectors
+    python -m quicpair.tools.gen_vectors --check     exit 1 if either differs from what the code produces
+    python -m quicpair.tools.gen_vectors --markdown  print the "Test vectors" excerpt
 
 Everything is fixed: the identities are the RFC 8032 (section 7.1) TEST 1 and
 TEST 2 keys, the code is typed by a person in a sloppy form, ``now`` is a
@@ -16,7 +16,7 @@ SPAKE2 scalars) are recomputed from the spec's formulas and checked against
 what the machines did, so the generator fails when code and spec part ways.
 
 The spec's "Test vectors" excerpt sits between ``<!-- generated:vectors begin -->``
-and ``<!-- generated:vectors end -->``; tests/test_vectors.py fails when it or
+and ``<!-- generated:vectors end -->``; tests/protocol/test_vectors.py fails when it or
 docs/vectors.json is stale, and checks the spec's hand-written tables against the code.
 """
 
@@ -37,18 +37,18 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from spake2.ed25519_basic import L as ED25519_ORDER
 from spake2.parameters.ed25519 import ParamsEd25519
 
-from protocol import keys as ks
-from protocol import messages as m
-from protocol import pairing as pm
-from protocol.codebook import Codebook
-from protocol.codes import WORDS, PairingCode, PairingUri
-from protocol.dialrule import dialer_of
-from protocol.errors import ErrorCode, FrameError
-from protocol.framing import FrameDecoder, encode_body, encode_frame
-from protocol.identity import Identity, NodeId
-from protocol.link import LinkChannel, LinkEstablished
-from protocol.pake import spake2_for
-from protocol.seal import CONTEXT_LINK, CONTEXT_PAIR
+from quicpair.protocol import keys as ks
+from quicpair.protocol import messages as m
+from quicpair.protocol import pairing as pm
+from quicpair.protocol.codebook import Codebook
+from quicpair.protocol.codes import WORDS, PairingCode, PairingUri
+from quicpair.protocol.dialrule import dialer_of
+from quicpair.protocol.errors import ErrorCode, FrameError
+from quicpair.protocol.framing import FrameDecoder, encode_body, encode_frame
+from quicpair.protocol.identity import Identity, NodeId
+from quicpair.protocol.link import LinkChannel, LinkEstablished
+from quicpair.protocol.pake import spake2_for
+from quicpair.protocol.seal import CONTEXT_LINK, CONTEXT_PAIR
 
 __all__ = ["CounterRand", "build", "main", "render_blocks", "render_json", "schema", "update_document"]
 
@@ -572,7 +572,9 @@ def update_document(text: str, blocks: Mapping[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.gen_vectors", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m quicpair.tools.gen_vectors", description=__doc__.split("\n\n")[0]
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 if a file is stale; change nothing")
     mode.add_argument("--markdown", action="store_true", help="print the test-vector excerpt")
@@ -588,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = [p for p, text in wanted.items() if not files[p].exists() or files[p].read_text("utf-8") != text]
     for path in stale:
         if args.check:
-            print(f"{path} is stale: run python -m tools.gen_vectors", file=sys.stderr)
+            print(f"{path} is stale: run python -m quicpair.tools.gen_vectors", file=sys.stderr)
         else:
             files[path].write_text(wanted[path], encoding="utf-8")
             print(f"wrote {path}")

@@ -1,13 +1,14 @@
-"""A tiny process around actors.discovery: advertise, resolve and watch from a shell.
+"""A tiny process around quicpair.actors.discovery.mdns: advertise, resolve and watch from a shell.
 
 For people debugging a LAN::
 
-    python -m tools.mdns_probe watch --duration 30
-    python -m tools.mdns_probe resolve-node <nodeid> --timeout 5
-    python -m tools.mdns_probe resolve-nameplate 42
-    python -m tools.mdns_probe advertise --node <nodeid> --port 4433 --address 192.0.2.7 --nameplate 42
+    python -m quicpair.tools.mdns_probe watch --duration 30
+    python -m quicpair.tools.mdns_probe resolve-node <nodeid> --timeout 5
+    python -m quicpair.tools.mdns_probe resolve-nameplate 42
+    python -m quicpair.tools.mdns_probe advertise --node <nodeid> --port 4433 \
+        --address 192.0.2.7 --nameplate 42
 
-For tests (one process per network namespace, see tests/test_discovery.py):
+For tests (one process per network namespace, see tests/discovery/test_discovery.py):
 ``serve`` reads one JSON request per line on stdin and writes one JSON object
 per line on stdout: replies ``{"id": .., "ok": true, ...}`` (or ``"ok": false,
 "error": ..``), and events ``{"event": "watch", "node": .., "endpoints": ..}``.
@@ -35,10 +36,10 @@ from typing import Any
 from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
-from actors.discovery import SERVICE_TYPE, Discovery
-from actors.logs import configure_logging
-from protocol.errors import QuicpairError
-from protocol.identity import Identity, NodeId
+from quicpair.actors.discovery.mdns import SERVICE_TYPE, Discovery
+from quicpair.actors.kernel.logs import configure_logging
+from quicpair.protocol.errors import QuicpairError
+from quicpair.protocol.identity import Identity, NodeId
 
 __all__ = ["Probe", "main"]
 

@@ -1,6 +1,6 @@
 """Run one node in this process, controlled by JSON lines on stdin (tools/control.py).
 
-    python -m tools.nodehost --home /tmp/alice --listen 127.0.0.1:0 --name alice
+    python -m quicpair.tools.nodehost --home /tmp/alice --listen 127.0.0.1:0 --name alice
 
 The first line on stdout is ``{"event": "ready", ...}`` with the node's id and
 address, or ``{"event": "failed", "error": {...}}`` and exit status 1. Then
@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from actors.logs import configure_logging
-from actors.node import Node
-from config.settings import load_settings
-from protocol.codes import split_address
-from protocol.errors import QuicpairError
+from quicpair.actors.kernel.logs import configure_logging
+from quicpair.actors.node import Node
+from quicpair.config.settings import load_settings
+from quicpair.protocol.codes import split_address
+from quicpair.protocol.errors import QuicpairError
 
 from .control import Controller, decode_request, error_reply
 
@@ -79,7 +79,9 @@ def _join_actor_threads(timeout: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.nodehost", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m quicpair.tools.nodehost", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--home", required=True, type=Path, help="the node's home directory")
     parser.add_argument("--config", type=Path, help="a settings file (TOML)")
     parser.add_argument("--listen", help="host:port to listen on (port 0: any)")

@@ -1,6 +1,6 @@
 """A man-in-the-middle relay on the pairing ALPN, to prove that a relay cannot pair.
 
-    python -m tools.relay --listen 127.0.0.1:0 --target 127.0.0.1:47470
+    python -m quicpair.tools.relay --listen 127.0.0.1:0 --target 127.0.0.1:47470
 
 The relay listens on ``quicpair/pair/1`` with ITS OWN identity (a fresh
 Ed25519 key: it cannot present anyone else's, the TLS handshake proves
@@ -35,12 +35,14 @@ import signal
 import sys
 from typing import Any
 
-from actors.logs import configure_logging
-from actors.quic_link import QuicLink
-from actors.transport import ALPN_PAIR, Listener, dial, listen
-from protocol.codes import split_address
-from protocol.errors import ErrorCode, ProtocolError, QuicpairError
-from protocol.identity import Identity
+from quicpair.actors.kernel.logs import configure_logging
+from quicpair.actors.transport.dial import dial
+from quicpair.actors.transport.listener import Listener, listen
+from quicpair.actors.transport.quic_link import QuicLink
+from quicpair.protocol.codes import split_address
+from quicpair.protocol.errors import ErrorCode, ProtocolError, QuicpairError
+from quicpair.protocol.identity import Identity
+from quicpair.protocol.messages import ALPN_PAIR
 
 __all__ = ["Relay", "main"]
 
@@ -210,7 +212,9 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.relay", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m quicpair.tools.relay", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--listen", type=_address, required=True, help="host:port (port 0: any)")
     parser.add_argument("--target", type=_address, required=True, help="the initiator's host:port")
     parser.add_argument("--log-level", default="warning", help="of the JSON logs on stderr")

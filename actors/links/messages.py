@@ -1,0 +1,200 @@
+"""The messages between the node, the links supervisor and its link workers, and a link's status.
+
+Every message is a frozen, slotted dataclass (like every actor message of
+quicpair), named for what happened or what is asked:
+
+====================  =====================  ==========================================
+message               from -> to             meaning
+====================  =====================  ==========================================
+:class:`SendRequest`  Node -> links -> worker  seal and send one payload (with a deadline)
+:class:`UnpairRequest`  links -> worker        the pairing is revoked: tell the peer
+:class:`Accepted`     links -> worker          the listener accepted a connection of the peer
+:class:`Hint`         discovery -> links -> worker  mDNS saw the peer (at these endpoints)
+:class:`AddressesChanged`  links -> worker     our direct addresses changed: announce them
+:class:`StatusChanged`  worker -> links        the link's state changed (``Node.links()``)
+:class:`RecordChanged`  worker -> links        the peer's record changed (addresses)
+:class:`UnpairDelivered`  worker -> links      our unpair reached the peer: forget it
+:class:`PeerUnpairedUs`  worker -> links       the peer unpaired us (revoked): forget it
+====================  =====================  ==========================================
+
+A ``concurrent.futures.Future`` travels with the requests a caller waits
+on; it is settled exactly once by the actor that ends the request.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from pykka import ActorDeadError, ActorRef
+
+from quicpair.actors.registry.actor import DeviceRecord
+from quicpair.actors.transport.quic_link import QuicLink
+from quicpair.protocol.identity import NodeId
+
+__all__ = [
+    "Accepted",
+    "AddressesChanged",
+    "Hint",
+    "LinkStatus",
+    "PeerUnpairedUs",
+    "RecordChanged",
+    "SendRequest",
+    "StatusChanged",
+    "UnpairDelivered",
+    "UnpairRequest",
+    "WorkerSpec",
+    "Written",
+    "tell_or_drop",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatus:
+    """What ``Node.links()`` tells about one paired peer's link."""
+
+    #: The peer.
+    peer: NodeId
+    #: This node's role by the dial rule: "dialer" (lower NodeId) or "listener".
+    role: str
+    #: "up", "connecting", "down", "unpairing" (telling the peer) or "unpaired".
+    state: str
+    #: The id of the connection in use (the same on both ends), when up.
+    connection_id: str | None = None
+    #: QUIC connections held with the peer right now (1 when settled; 2 while a duplicate retires).
+    connections: int = 0
+    #: The peer's ``host:port`` on the connection in use, when up.
+    remote_address: str | None = None
+    #: Who dialed the connection in use: "local" or "peer", when up.
+    dialed_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (NodeId as text)."""
+        return {
+            "node_id": self.peer.text,
+            "fingerprint": self.peer.fingerprint,
+            "role": self.role,
+            "state": self.state,
+            "connection_id": self.connection_id,
+            "connections": self.connections,
+            "remote_address": self.remote_address,
+            "dialed_by": self.dialed_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """How the links supervisor starts (and restarts) one peer's worker."""
+
+    #: The peer's record (its secret, addresses), as the registry holds it.
+    record: DeviceRecord
+    #: This node dials the peer (it has the lower NodeId), computed once by the supervisor.
+    dials: bool
+    #: ``[testing] force_simultaneous_dial``: dial even as the listener.
+    forced: bool
+    #: The link was up before (in an earlier incarnation of the worker): the next up is a reconnect.
+    was_up: bool
+    #: The pairing is revoked here and the peer must still be told.
+    unpairing: bool
+    #: The pairing completed just now (not loaded at start): the peer may not have
+    #: committed yet (2PC: the joiner commits after the initiator).
+    just_paired: bool
+    #: The links supervisor (reports go there).
+    parent: ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """Seal ``payload`` and send it to ``peer``; settle ``future`` (None, or the error)."""
+
+    #: The destination.
+    peer: NodeId
+    #: The application payload (at most MAX_APP_PAYLOAD bytes).
+    payload: bytes
+    #: ``time.monotonic()`` after which a send still waiting for the link fails.
+    deadline: float
+    #: Settled with None once handed to the link, or with PeerUnreachable / LocalProtocolError.
+    future: concurrent.futures.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class UnpairRequest:
+    """The pairing with the worker's peer is revoked (durably): deliver the unpair."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The listener accepted a link connection from the worker's peer."""
+
+    #: The connection (handshake done, peer admitted).
+    link: QuicLink
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """mDNS saw a paired peer announce itself: dial now if the link is down."""
+
+    #: The peer.
+    peer: NodeId
+    #: Its announced ``host:port`` endpoints.
+    endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AddressesChanged:
+    """Our direct addresses changed; tell the peer (sealed LinkAddresses)."""
+
+    #: Our complete current list.
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """A worker's link status changed."""
+
+    #: The new status.
+    status: LinkStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChanged:
+    """A worker re-read its peer's record (after an address update)."""
+
+    #: The record as the registry now holds it.
+    record: DeviceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class UnpairDelivered:
+    """Our unpair reached the peer (it acknowledged, or no longer knows us)."""
+
+    #: The peer.
+    peer: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnpairedUs:
+    """The peer unpaired us; the pairing is revoked here too (durably)."""
+
+    #: The peer.
+    peer: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A registry call made by a link worker finished."""
+
+    #: What it was for.
+    what: str
+    #: The registry's answer.
+    result: Any
+    #: The exception, if it failed.
+    error: BaseException | None
+
+
+def tell_or_drop(ref: Any, message: Any) -> None:
+    """Tell an actor that may have stopped meanwhile (then nobody needs the message)."""
+    with contextlib.suppress(ActorDeadError):
+        ref.tell(message)

@@ -1,0 +1,304 @@
+"""Mutual TLS pinned to node identities, built on private hooks of aioquic 1.7.2.
+
+Both ends of every quicpair connection present a self-signed Ed25519
+certificate made from their node key (``Identity.certificate``); each learns
+the other's NodeId from the handshake itself. aioquic has no public switch to
+ask a client for a certificate and no certificate verification callback, so
+:class:`PinnedQuicConnection` reaches into the following PRIVATE attributes.
+aioquic is pinned to exactly 1.7.2 (setup.cfg) and tests/transport/test_hooks_aioquic.py
+fails loudly, naming the hook, if any of them changes:
+
+``QuicConnection._initialize(peer_cid)``  (overridden, calls the original first)
+    The one place where a connection creates its ``tls.Context`` (client: in
+    ``connect``; server: on the first Initial; both again after a Version
+    Negotiation). We install the hooks below right after it.
+``tls.Context._request_client_certificate``  (set to True on the server)
+    Makes the server send a CertificateRequest, so the client authenticates.
+``tls.Context._check_certificate_verify_signature(verify)``  (wrapped)
+    Runs on both sides once the peer has proved, with its CertificateVerify
+    signature over the transcript, that it holds the certificate's key, and
+    before the handshake can finish. Our check runs right after the original:
+    the key must be Ed25519 and the certificate self-signed by it
+    (``node_id_from_certificate``) and, when the dialer pinned a NodeId, equal
+    to it. A refusal raises a TLS alert: the handshake never completes.
+``tls.Context._peer_certificate``  (read)
+    The certificate the peer presented, checked again at HandshakeCompleted,
+    where an absent one (a client that answered the CertificateRequest with an
+    empty Certificate, which RFC 8446 4.4.2.4 lets a server accept) is refused.
+``QuicConnection._handshake_confirmed``  (read)
+    Becomes True on the client when HANDSHAKE_DONE arrives (RFC 9001 4.1.2),
+    i.e. once the listener has checked our certificate and admitted us; a dial
+    is only reported successful then.
+``QuicConnection._handle_connection_close_frame(context, frame_type, buf)``
+    (overridden, calls the original first) Records what the peer's
+    CONNECTION_CLOSE said the moment it arrives; aioquic only reports it as
+    ``ConnectionTerminated`` after the 3-PTO draining period (RFC 9000 10.2)
+    and does not say who closed.
+
+Also relied on (behaviour, pinned by the same tests): an idle timeout ends a
+connection with ``ConnectionTerminated(reason_phrase="Idle timeout")``.
+
+Session resumption and 0-RTT are never enabled: no session ticket handler or
+fetcher is ever given to aioquic, so no ticket is issued, stored or offered,
+and a HandshakeCompleted that reports a resumed session or accepted early
+data is refused anyway (:func:`check_handshake`).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from typing import NoReturn
+
+from aioquic import tls
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection, QuicReceiveContext
+from aioquic.quic.events import HandshakeCompleted
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from cryptography import x509
+
+from quicpair.protocol.errors import ErrorCode, IdentityError, RemoteProtocolError
+from quicpair.protocol.identity import Identity, NodeId, node_id_from_certificate
+
+__all__ = [
+    "IDLE_TIMEOUT_REASON",
+    "PeerClose",
+    "PinnedQuicConnection",
+    "check_handshake",
+    "code_from_peer_close",
+    "code_from_transport",
+    "quic_configuration",
+]
+
+#: ``ConnectionTerminated.reason_phrase`` aioquic 1.7.2 uses for an idle timeout.
+IDLE_TIMEOUT_REASON = "Idle timeout"
+
+# TLS alerts (RFC 8446 6.2) that mean "your certificate is not acceptable here".
+_IDENTITY_ALERTS = frozenset(
+    {
+        tls.AlertDescription.bad_certificate,
+        tls.AlertDescription.unsupported_certificate,
+        tls.AlertDescription.certificate_revoked,
+        tls.AlertDescription.certificate_expired,
+        tls.AlertDescription.certificate_unknown,
+        tls.AlertDescription.unknown_ca,
+        tls.AlertDescription.access_denied,
+        tls.AlertDescription.certificate_required,
+    }
+)
+# The protocol version lives in the ALPN: no common ALPN means no common version.
+_VERSION_ALERTS = frozenset(
+    {tls.AlertDescription.no_application_protocol, tls.AlertDescription.protocol_version}
+)
+
+
+class _AlertAccessDenied(tls.Alert):
+    """A valid certificate of a node other than the pinned one (RFC 8446 6.2)."""
+
+    description = tls.AlertDescription.access_denied
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClose:
+    """What the peer's CONNECTION_CLOSE frame said (RFC 9000 19.19)."""
+
+    #: The error code: an application code, or a QUIC transport code.
+    error_code: int
+    #: The frame type for a transport close; None for an application close.
+    frame_type: int | None
+    #: The peer's reason phrase (may be empty; not trusted for anything).
+    reason: str
+
+
+def quic_configuration(
+    identity: Identity, *, is_client: bool, alpns: list[str], idle_timeout: float, now: float
+) -> QuicConfiguration:
+    """An aioquic configuration presenting ``identity``'s certificate.
+
+    aioquic's own chain check is off (CERT_NONE): certificates are
+    self-signed, and the key is checked by our hook instead. No server name is
+    sent (SNI would reveal whom we dial), no session ticket is set.
+    """
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=list(alpns),
+        idle_timeout=idle_timeout,
+        verify_mode=ssl.CERT_NONE,
+        certificate=identity.certificate(now, os.urandom),
+        private_key=identity.private_key,
+        server_name=None,
+        session_ticket=None,
+    )
+
+
+class PinnedQuicConnection(QuicConnection):
+    """A QuicConnection whose peer must present an Ed25519 node certificate.
+
+    ``expect`` pins the peer's NodeId (dialers that know whom they dial).
+    After a refusal by our hook, :attr:`refusal` says why; after the peer
+    closed, :attr:`peer_close` says how.
+    """
+
+    def __init__(
+        self,
+        *,
+        configuration: QuicConfiguration,
+        expect: NodeId | None = None,
+        original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
+    ) -> None:
+        if configuration.session_ticket is not None:
+            raise ValueError("session resumption is never used by quicpair")
+        super().__init__(
+            configuration=configuration,
+            original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
+        )
+        self.expect = expect
+        #: The NodeId our hook verified during the handshake (None until then).
+        self.verified_peer: NodeId | None = None
+        #: Why our hook refused the peer's certificate (None if it did not).
+        self.refusal: RemoteProtocolError | None = None
+        #: The peer's CONNECTION_CLOSE, recorded when it arrives.
+        self.peer_close: PeerClose | None = None
+
+    @property
+    def handshake_confirmed(self) -> bool:
+        """True once the handshake is confirmed (RFC 9001 4.1.2)."""
+        return bool(self._handshake_confirmed)
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The leaf certificate the peer presented, if any."""
+        return self.tls._peer_certificate
+
+    # -- private hooks (see the module docstring) -------------------------
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        context = self.tls
+        # No tickets, ever: without these callbacks aioquic neither issues,
+        # stores nor offers one (tls.Context._client_send_hello, _server_handle_finished).
+        context.session_ticket = None
+        context.get_session_ticket_cb = None
+        context.new_session_ticket_cb = None
+        if not self.configuration.is_client:
+            context._request_client_certificate = True
+        original = context._check_certificate_verify_signature
+
+        def check_then_vet(verify: tls.CertificateVerify) -> None:
+            original(verify)
+            self._vet_peer_certificate()
+
+        context._check_certificate_verify_signature = check_then_vet  # type: ignore[method-assign]
+
+    def _vet_peer_certificate(self) -> None:
+        cert = self.tls._peer_certificate
+        if cert is None:  # aioquic only verifies after parsing one; be strict anyway
+            self._refuse("the peer presented no certificate", tls.AlertBadCertificate)
+        try:
+            node = node_id_from_certificate(cert)
+        except IdentityError as exc:
+            self._refuse(f"the peer's certificate is refused: {exc}", tls.AlertUnsupportedCertificate)
+        if self.expect is not None and node != self.expect:
+            self._refuse(
+                f"the peer is {node.fingerprint}, not the pinned {self.expect.fingerprint}",
+                _AlertAccessDenied,
+            )
+        self.verified_peer = node
+
+    def _refuse(self, message: str, alert: type[tls.Alert]) -> NoReturn:
+        self.refusal = RemoteProtocolError(ErrorCode.IDENTITY_MISMATCH, message)
+        # The reason phrase goes on the wire: keep NodeIds out of it.
+        raise alert("certificate refused: not an acceptable quicpair node identity")
+
+    def _handle_connection_close_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        start = buf.tell()
+        super()._handle_connection_close_frame(context, frame_type, buf)
+        if self.peer_close is None:
+            self.peer_close = _parse_close(frame_type, buf.data_slice(start, buf.tell()))
+
+
+def _parse_close(frame_type: int, body: bytes) -> PeerClose:
+    """Decode a CONNECTION_CLOSE body again (RFC 9000 19.19); aioquic already validated it."""
+    buf = Buffer(data=body)
+    error_code = buf.pull_uint_var()
+    offending: int | None = None
+    if frame_type == QuicFrameType.TRANSPORT_CLOSE:
+        offending = buf.pull_uint_var()
+    length = buf.pull_uint_var()
+    reason = buf.pull_bytes(length).decode("utf-8", errors="replace")
+    return PeerClose(error_code=error_code, frame_type=offending, reason=reason)
+
+
+def check_handshake(conn: PinnedQuicConnection, event: HandshakeCompleted, alpns: list[str]) -> NodeId:
+    """The second check, at HandshakeCompleted: who the peer is, or a refusal.
+
+    Raises RemoteProtocolError (IDENTITY_MISMATCH for anything about the
+    certificate, PROTOCOL_VIOLATION for resumption / 0-RTT, UNSUPPORTED_VERSION
+    for a foreign ALPN).
+    """
+    if event.session_resumed or event.early_data_accepted:
+        raise RemoteProtocolError(
+            ErrorCode.PROTOCOL_VIOLATION, "a resumed session or 0-RTT handshake is never accepted"
+        )
+    if event.alpn_protocol is None or event.alpn_protocol not in alpns:
+        raise RemoteProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION, f"unexpected application protocol {event.alpn_protocol!r}"
+        )
+    cert = conn.peer_certificate()
+    if cert is None:
+        raise RemoteProtocolError(ErrorCode.IDENTITY_MISMATCH, "the peer presented no certificate")
+    try:
+        node = node_id_from_certificate(cert)
+    except IdentityError as exc:
+        raise RemoteProtocolError(ErrorCode.IDENTITY_MISMATCH, str(exc)) from exc
+    if conn.verified_peer is None or node != conn.verified_peer:
+        raise RemoteProtocolError(
+            ErrorCode.IDENTITY_MISMATCH, "the peer's certificate was not verified during the handshake"
+        )
+    if conn.expect is not None and node != conn.expect:
+        raise RemoteProtocolError(
+            ErrorCode.IDENTITY_MISMATCH,
+            f"the peer is {node.fingerprint}, not the pinned {conn.expect.fingerprint}",
+        )
+    return node
+
+
+def code_from_peer_close(close: PeerClose) -> tuple[ErrorCode, str]:
+    """Our ErrorCode and a reason for people, from what the peer's close said."""
+    if close.frame_type is None:
+        try:
+            return ErrorCode(close.error_code), close.reason
+        except ValueError:
+            return ErrorCode.PROTOCOL_VIOLATION, f"unknown code 0x{close.error_code:x}: {close.reason}"
+    return code_from_transport(close.error_code, close.reason)
+
+
+def code_from_transport(error_code: int, reason: str) -> tuple[ErrorCode, str]:
+    """Map a QUIC transport error code (RFC 9000 20.1) to ours."""
+    if QuicErrorCode.CRYPTO_ERROR <= error_code <= QuicErrorCode.CRYPTO_ERROR + 0xFF:
+        alert = error_code - QuicErrorCode.CRYPTO_ERROR
+        try:
+            name = tls.AlertDescription(alert).name
+        except ValueError:
+            name = f"alert {alert}"
+        text = f"TLS handshake refused ({name})" + (f": {reason}" if reason else "")
+        if alert in _IDENTITY_ALERTS:
+            return ErrorCode.IDENTITY_MISMATCH, text
+        if alert in _VERSION_ALERTS:
+            return ErrorCode.UNSUPPORTED_VERSION, text
+        return ErrorCode.PROTOCOL_VIOLATION, text
+    if error_code == QuicErrorCode.NO_ERROR:
+        return ErrorCode.NO_ERROR, reason
+    if error_code == QuicErrorCode.APPLICATION_ERROR:
+        # An application close sent before 1-RTT keys hides its code (RFC 9000
+        # 10.2.3): the peer gave up or shut down during the handshake.
+        return ErrorCode.GOING_AWAY, "the peer closed the connection during the handshake"
+    if error_code == QuicErrorCode.CONNECTION_REFUSED:
+        return ErrorCode.BUSY, "the peer refused new connections"
+    text = f"QUIC transport error 0x{error_code:x}" + (f": {reason}" if reason else "")
+    return ErrorCode.PROTOCOL_VIOLATION, text

@@ -1,0 +1,670 @@
+"""The ``quicpair`` command line, run for real: subprocesses, real daemons, real QUIC on 127.0.0.1.
+
+Each test gets its own homes under ``tmp_path``; daemons listen on port 0 with
+mDNS off (nothing leaves loopback). Every wait is bounded, and every process
+a test starts is stopped at teardown (SIGTERM, then SIGKILL), pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ)  # quicpair comes from the install (tools/setup-venv), not the checkout
+ENV.pop("QUICPAIR_HOME", None)
+#: A CLI command answers in well under a second; this only bounds a hang.
+COMMAND_TIMEOUT = 30.0
+LOOPBACK = ["--listen", "127.0.0.1:0", "--set", "discovery.mdns=false"]
+
+
+def quicpair(
+    *args: str, home: Path | None = None, timeout: float = COMMAND_TIMEOUT, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m quicpair.tools.cli [--home HOME] ARGS`` to completion (``stdin``: its input)."""
+    return quicpair_all([list(args)], home=home, timeout=timeout, stdin=stdin)[0]
+
+
+def quicpair_all(
+    argvs: list[list[str]],
+    home: Path | None = None,
+    timeout: float = COMMAND_TIMEOUT,
+    stdin: str | None = None,
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run several commands at once (each start costs ~0.3 s of imports), all to completion."""
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "quicpair.tools.cli", *(["--home", str(home)] if home else []), *args],
+            cwd=REPO,
+            env=ENV,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in argvs
+    ]
+    results = []
+    try:
+        for proc in started:
+            out, err = proc.communicate(stdin, timeout=timeout)
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return results
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], status: int, *fragments: str) -> None:
+    """Exit ``status``, one ``quicpair: error:`` line naming ``fragments``, no traceback."""
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("quicpair: error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+class Proc:
+    """A long-running CLI process (``run``, ``pair``): stdout read line by line, with bounds."""
+
+    def __init__(self, name: str, argv: list[str], stderr_path: Path) -> None:
+        self.name = name
+        self.stderr_path = stderr_path
+        with open(stderr_path, "w", encoding="utf-8") as err:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "quicpair.tools.cli", *argv],
+                cwd=REPO, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+            )  # fmt: skip
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name=f"test-{name}-stdout")
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def line(self, timeout: float = COMMAND_TIMEOUT) -> str:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"{self.name}: no output line within {timeout} s; stderr:\n{self.stderr()}")
+        if line is None:
+            pytest.fail(
+                f"{self.name}: exited ({self.popen.poll()}) before the line; stderr:\n{self.stderr()}"
+            )
+        return line
+
+    def json_line(self, timeout: float = COMMAND_TIMEOUT) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.line(timeout))
+        return parsed
+
+    def wait(self, timeout: float = COMMAND_TIMEOUT) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.name}: still running after {timeout} s; stderr:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text("utf-8")[-3000:]
+
+    def end(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL; always joins the reader."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._reader.join(10)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Any]:
+    """Starts CLI processes for a test and ends every one of them afterwards."""
+    started: list[Proc] = []
+
+    class Starter:
+        def start(self, name: str, *argv: str) -> Proc:
+            proc = Proc(name, list(argv), tmp_path / f"{name}.stderr")
+            started.append(proc)
+            return proc
+
+        def daemon(self, name: str, home: Path, *extra: str) -> tuple[Proc, dict[str, Any]]:
+            return self.daemons((name, home, *extra))[0]
+
+        def daemons(self, *specs: tuple[Any, ...]) -> list[tuple[Proc, dict[str, Any]]]:
+            """Start ``quicpair run`` for each (name, home, *options) at once; wait until each is ready."""
+            started = [
+                self.start(name, "--home", str(home), "run", "--json", *LOOPBACK, *extra)
+                for name, home, *extra in specs
+            ]
+            ready = [(proc, proc.json_line()) for proc in started]
+            assert all(info["event"] == "ready" for _, info in ready), ready
+            return ready
+
+    yield Starter()
+    for proc in reversed(started):
+        proc.end()
+
+
+# -- identity ------------------------------------------------------------------------------------
+
+
+def test_init_creates_a_private_home_and_id_shows_the_same_identity(tmp_path: Path) -> None:
+    home = tmp_path / "alice"
+    created = quicpair("init", "--name", "alice", home=home)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith(f"Created {home}")
+    assert "Name         alice" in created.stdout
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home / "identity.pem").stat().st_mode) == 0o600
+
+    shown = quicpair("id", "--json", home=home)
+    assert shown.returncode == 0, shown.stderr
+    identity = json.loads(shown.stdout)
+    assert identity["name"] == "alice" and len(identity["node_id"]) == 52
+    assert f"NodeId       {identity['node_id']}" in created.stdout
+    assert f"Fingerprint  {identity['fingerprint']}" in created.stdout
+
+    again = quicpair("--json", "init", home=home)  # idempotent: the identity is never replaced
+    assert again.returncode == 0 and json.loads(again.stdout) == {
+        **identity,
+        "home": str(home),
+        "created": False,
+    }
+    renamed = quicpair("init", "--name", "bob", home=home)
+    assert_clean_error(renamed, 6, "config.toml already exists")
+
+
+def test_id_without_an_identity_says_to_run_init(tmp_path: Path) -> None:
+    assert_clean_error(quicpair("id", home=tmp_path / "nobody"), 6, "has no identity yet", "init")
+
+
+def test_init_refuses_a_home_other_users_can_enter(tmp_path: Path) -> None:
+    home = tmp_path / "open"
+    home.mkdir(mode=0o755)
+    home.chmod(0o755)
+    assert_clean_error(quicpair("init", home=home), 6, "accessible by other users", "chmod 700")
+    assert list(home.iterdir()) == []
+
+
+# -- usage and format errors ------------------------------------------------------------------------
+
+
+USAGE_ERRORS = [
+    ([], "the following arguments are required: COMMAND"),
+    (["fly"], "invalid choice: 'fly'"),
+    (["join"], "the following arguments are required: CODE_OR_URI"),
+    (["pair", "--timeout", "soon"], "'soon': expected seconds"),
+    (["join", "1-a-b-c", "--timeout", "3600"], "at most 600"),
+    (["run", "--set", "nonsense"], "expected SECTION.KEY=VALUE"),
+    (["run", "--listen", "127.0.0.1"], "expected HOST:PORT"),
+    (["devices", "--colour"], "unrecognized arguments: --colour"),
+    (["send", "bob"], "the following arguments are required: MESSAGE"),
+    (["receive", "--timeout", "0"], "'0': expected seconds"),
+    (["unpair"], "the following arguments are required: PEER"),
+]
+
+
+def test_usage_errors_exit_2_with_argparse_message(tmp_path: Path) -> None:
+    results = quicpair_all([argv for argv, _ in USAGE_ERRORS], home=tmp_path / "home")
+    for (argv, message), result in zip(USAGE_ERRORS, results, strict=True):
+        assert result.returncode == 2, (argv, result)
+        assert "usage: quicpair" in result.stderr and message in result.stderr, (argv, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_mistyped_code_exits_3_naming_the_word(tmp_path: Path) -> None:
+    result = quicpair("join", "42-apple-brave-zebar", "--address", "127.0.0.1:9", home=tmp_path / "h")
+    assert_clean_error(result, 3, "word 3", "zebar", "zebra")
+    assert not (tmp_path / "h").exists()  # refused before touching anything
+
+
+def test_commands_that_need_a_daemon_say_how_to_start_one(tmp_path: Path) -> None:
+    home = tmp_path / "idle"
+    commands = [["devices"], ["pair"], ["join", "1-abandon-ability-able", "--address", "127.0.0.1:9"]]
+    link_commands = [["links"], ["send", "bob", "hi"], ["receive"], ["unpair", "bob"]]
+    results = quicpair_all([*commands, ["status"], ["stop"], *link_commands], home=home)
+    for result in results:
+        assert_clean_error(result, 7, "no quicpair daemon is running", "run")
+    for result in results[: len(commands)]:
+        assert "(or add --oneshot" in result.stderr
+
+
+# -- the daemon ------------------------------------------------------------------------------------------
+
+
+def test_two_daemons_pair_through_the_cli(tmp_path: Path, procs: Any) -> None:
+    alice_home, bob_home = tmp_path / "alice", tmp_path / "bob"
+    assert quicpair("init", "--name", "alice", home=alice_home).returncode == 0
+    (alice_run, alice), (bob_run, bob) = procs.daemons(
+        ("alice-run", alice_home), ("bob-run", bob_home, "--set", 'node.name="bob"')
+    )
+    assert stat.S_IMODE((alice_home / "control.sock").stat().st_mode) == 0o600
+    assert alice["name"] == "alice" and alice["host"] == "127.0.0.1" and alice["pid"] == alice_run.popen.pid
+
+    status = quicpair("status", home=alice_home)
+    assert status.returncode == 0, status.stderr
+    assert f"Node       {alice['fingerprint']} (alice)" in status.stdout
+    assert "Devices    0 paired, 0 pending" in status.stdout
+
+    pair = procs.start("alice-pair", "--home", str(alice_home), "pair", "--json", "--timeout", "30")
+    offer = pair.json_line()
+    assert offer["event"] == "code" and f"node={alice['node_id']}" in offer["uri"]
+
+    # Through the daemon: a bad --address is a format error (3), a wrong code a failed pairing (4).
+    bad_address = quicpair("join", offer["code"], "--address", "nowhere", home=bob_home)
+    assert_clean_error(bad_address, 3, "nowhere", "host:port")
+    nameplate, *_ = offer["code"].split("-")
+    wrong = quicpair(
+        "join", f"{nameplate}-abandon-ability-able", "--address", alice["addresses"][0], home=bob_home
+    )
+    assert_clean_error(wrong, 4, "pairing failed", "[WRONG_CODE]")
+
+    joined = quicpair("join", offer["uri"], "--timeout", "20", home=bob_home)
+    assert joined.returncode == 0, joined.stderr
+    assert f"Paired with alice ({alice['fingerprint']}), confirmed" in joined.stdout
+    paired = pair.json_line()
+    assert paired["event"] == "paired" and paired["device"]["node_id"] == bob["node_id"]
+    assert pair.wait() == 0
+
+    a_devices = json.loads(quicpair("devices", "--json", home=alice_home).stdout)
+    b_devices = json.loads(quicpair("--json", "devices", home=bob_home).stdout)
+    assert [(d["node_id"], d["state"], d["role"]) for d in a_devices] == [
+        (bob["node_id"], "confirmed", "initiator")
+    ]
+    assert [(d["node_id"], d["state"], d["role"]) for d in b_devices] == [
+        (alice["node_id"], "confirmed", "joiner")
+    ]
+    a_dev, b_dev = a_devices[0], b_devices[0]
+    assert (
+        a_dev["send_key_fingerprint"] == b_dev["receive_key_fingerprint"] != a_dev["receive_key_fingerprint"]
+    )
+    assert b_dev["send_key_fingerprint"] == a_dev["receive_key_fingerprint"]
+    assert set(bob["addresses"]) <= set(a_dev["addresses"]) and set(alice["addresses"]) <= set(
+        b_dev["addresses"]
+    )
+    table = quicpair("devices", home=alice_home).stdout
+    assert table.splitlines()[0].split() == ["FINGERPRINT", "NAME", "STATE", "ROLE", "ADDRESSES"]
+    assert bob["fingerprint"] in table and "confirmed" in table
+
+    counters = json.loads(quicpair("status", "--json", home=bob_home).stdout)["counters"]
+    assert (
+        counters["pair.connections.joiner"] == 2 and counters["pair.completed.joiner"] == 1
+    )  # wrong + right
+
+    for home, run in ((alice_home, alice_run), (bob_home, bob_run)):
+        stopped = quicpair("stop", home=home)
+        assert stopped.returncode == 0 and "Stopped the daemon" in stopped.stdout, stopped.stderr
+        assert run.json_line() == {"event": "stopped"}
+        assert run.wait() == 0
+        assert not (home / "control.sock").exists()
+
+
+def test_a_second_run_on_the_same_home_refuses(tmp_path: Path, procs: Any) -> None:
+    home = tmp_path / "alice"
+    run, first = procs.daemon("first", home)
+    second = quicpair("run", *LOOPBACK, home=home)
+    assert_clean_error(second, 8, "already serves", first["fingerprint"], str(first["pid"]))
+    assert quicpair("status", home=home).returncode == 0  # the first one is unharmed
+    run.popen.send_signal(signal.SIGTERM)
+    assert run.json_line() == {"event": "stopped"} and run.wait() == 0
+    assert not (home / "control.sock").exists()
+
+
+def _wait_offer(home: Path, nameplate: int) -> dict[str, Any]:
+    """Ask the daemon, on a connection of our own, for the outcome of an offer."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(COMMAND_TIMEOUT)
+        sock.connect(str(home / "control.sock"))
+        sock.sendall(
+            json.dumps({"id": 1, "op": "wait_offer", "nameplate": nameplate, "timeout": 5}).encode() + b"\n"
+        )
+        reply: dict[str, Any] = json.loads(sock.makefile("rb").readline())
+        return reply
+
+
+def test_pair_cancels_its_code_when_interrupted_or_timed_out(tmp_path: Path, procs: Any) -> None:
+    home = tmp_path / "alice"
+    procs.daemon("alice", home)
+    pair = procs.start("pair", "--home", str(home), "pair", "--json")
+    offer = pair.json_line()
+    pair.popen.send_signal(signal.SIGINT)
+    assert pair.wait() == 130 and "quicpair: interrupted" in pair.stderr()
+    assert _wait_offer(home, offer["nameplate"])["error"]["message"].endswith(
+        "the code was cancelled [CODE_USED_UP]"
+    )
+
+    # Killed outright, it cannot cancel: the daemon does, when the connection that opened the code ends.
+    killed = procs.start("killed-pair", "--home", str(home), "pair", "--json")
+    orphan = killed.json_line()
+    killed.popen.kill()
+    assert _wait_offer(home, orphan["nameplate"])["error"]["message"].endswith(
+        "the code was cancelled [CODE_USED_UP]"
+    )
+
+    timed_out = quicpair("pair", "--timeout", "0.3", home=home)
+    assert_clean_error(timed_out, 4, "nobody paired within 0.3 s [TIMEOUT]")
+    nameplate = int(timed_out.stdout.split()[1].split("-")[0])  # "Code  NNNN-word-word-word ..."
+    assert _wait_offer(home, nameplate)["error"]["code"] == "CODE_USED_UP"
+
+
+def test_a_killed_daemon_leaves_a_stale_socket_that_the_next_run_replaces(tmp_path: Path, procs: Any) -> None:
+    home = tmp_path / "alice"
+    run, _ = procs.daemon("killed", home)
+    run.popen.kill()
+    assert run.wait() == -signal.SIGKILL
+    assert (home / "control.sock").exists()
+    assert_clean_error(quicpair("status", home=home), 7, "no quicpair daemon is running")
+    again, _ = procs.daemon("again", home)
+    assert quicpair("status", home=home).returncode == 0
+    again.popen.send_signal(signal.SIGINT)
+    assert again.wait() == 0 and not (home / "control.sock").exists()
+
+
+def test_run_with_a_corrupt_registry_exits_6_and_leaves_the_file_alone(tmp_path: Path) -> None:
+    home = tmp_path / "alice"
+    assert quicpair("init", home=home).returncode == 0
+    registry = home / "registry.sqlite3"
+    garbage = b"this is not a quicpair registry\n" * 64
+    registry.write_bytes(garbage)
+    registry.chmod(0o600)
+    before = registry.stat()
+    result = quicpair("run", *LOOPBACK, home=home)
+    assert_clean_error(result, 6, str(registry))
+    assert registry.read_bytes() == garbage and registry.stat().st_mtime_ns == before.st_mtime_ns
+    assert not (home / "control.sock").exists()
+
+
+def test_the_daemon_answers_bad_requests_precisely_and_goes_on(tmp_path: Path, procs: Any) -> None:
+    home = tmp_path / "alice"
+    procs.daemon("alice", home)
+    with socket.socket(socket.AF_UNIX) as waiting, socket.socket(socket.AF_UNIX) as other:
+        waiting.settimeout(COMMAND_TIMEOUT)
+        other.settimeout(COMMAND_TIMEOUT)
+        waiting.connect(str(home / "control.sock"))
+        other.connect(str(home / "control.sock"))
+        w, o = waiting.makefile("rwb"), other.makefile("rwb")
+
+        def ask(stream: Any, line: bytes) -> dict[str, Any]:
+            stream.write(line + b"\n")
+            stream.flush()
+            reply: dict[str, Any] = json.loads(stream.readline())
+            return reply
+
+        assert ask(o, b"garbage")["error"]["message"].startswith("not JSON")
+        unknown = ask(o, b'{"id": 3, "op": "fly"}')
+        assert unknown["id"] == 3 and unknown["error"]["message"].startswith("unknown op 'fly'")
+        assert ask(o, b'{"id": 4, "op": "join"}')["error"]["message"] == "op 'join' needs 'code'"
+        assert ask(o, b"\xff")["error"]["message"].startswith("not UTF-8")
+        # A long request on one connection does not hold up another one.
+        offer = ask(w, b'{"id": 1, "op": "pair"}')["result"]
+        w.write(
+            json.dumps({"id": 2, "op": "wait_offer", "nameplate": offer["nameplate"], "timeout": 20}).encode()
+        )
+        w.write(b"\n")
+        w.flush()
+        assert ask(o, b'{"id": 5, "op": "devices"}') == {"id": 5, "ok": True, "result": []}
+        cancelled = ask(
+            o, json.dumps({"id": 6, "op": "cancel_offer", "nameplate": offer["nameplate"]}).encode()
+        )
+        assert cancelled["result"] == {"cancelled": True}
+        ended = json.loads(w.readline())
+        assert ended["id"] == 2 and ended["error"]["code"] == "CODE_USED_UP"
+        w.close()
+        o.close()
+    assert quicpair("status", home=home).returncode == 0
+
+
+def test_oneshot_pairs_without_daemons(tmp_path: Path, procs: Any) -> None:
+    alice_home, bob_home = tmp_path / "alice", tmp_path / "bob"
+    pair = procs.start("pair", "--home", str(alice_home), "--json", "pair", "--oneshot", *LOOPBACK)
+    offer = pair.json_line()
+    joined = quicpair("join", offer["uri"], "--oneshot", *LOOPBACK, home=bob_home)
+    assert joined.returncode == 0, joined.stderr
+    assert pair.json_line()["event"] == "paired" and pair.wait() == 0
+    devices = quicpair("devices", "--oneshot", "--json", home=alice_home)
+    assert devices.returncode == 0, devices.stderr
+    assert [d["state"] for d in json.loads(devices.stdout)] == ["confirmed"]
+
+
+# -- paired links ------------------------------------------------------------------------------
+
+
+def wait_until(what: str, check: Any, timeout: float = 15.0) -> Any:
+    """Call ``check()`` (a few CLI runs) until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.1)  # between polls only: each one runs the CLI (~0.3 s)
+
+
+def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: Path, procs: Any) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    started = procs.daemons(
+        *((f"{name}-run", home, "--set", f'node.name="{name}"') for name, home in homes.items())
+    )
+    info = {name: ready for name, (_, ready) in zip(homes, started, strict=True)}
+    pair = procs.start("alice-pair", "--home", str(homes["alice"]), "pair", "--json", "--timeout", "30")
+    joined = quicpair("join", pair.json_line()["uri"], "--timeout", "20", home=homes["bob"])
+    assert joined.returncode == 0, joined.stderr
+    assert pair.json_line()["event"] == "paired" and pair.wait() == 0
+
+    def links_up() -> list[list[dict[str, Any]]] | None:
+        results = quicpair_all([["--home", str(home), "links", "--json"] for home in homes.values()])
+        tables = [json.loads(result.stdout) for result in results]
+        return tables if all(t and t[0]["state"] == "up" for t in tables) else None
+
+    a_links, b_links = wait_until("the link up on both sides", links_up)
+    (a_link,), (b_link,) = a_links, b_links
+    assert (a_link["node_id"], a_link["name"]) == (info["bob"]["node_id"], "bob")
+    assert (b_link["fingerprint"], b_link["name"]) == (info["alice"]["fingerprint"], "alice")
+    assert {a_link["role"], b_link["role"]} == {"dialer", "listener"}
+    assert a_link["connection_id"] == b_link["connection_id"] is not None
+    table = quicpair("links", home=homes["alice"]).stdout.splitlines()
+    assert table[0].split() == ["FINGERPRINT", "NAME", "ROLE", "STATE", "CONNECTION", "REMOTE"]
+    assert table[1].split()[:5] == [
+        info["bob"]["fingerprint"],
+        "bob",
+        a_link["role"],
+        "up",
+        a_link["connection_id"],
+    ]
+
+    # Bob follows his messages; Alice sends by fingerprint and by name, Bob by NodeId and by name (stdin).
+    follow = procs.start("bob-receive", "--home", str(homes["bob"]), "receive", "--follow", "--json")
+    sends = quicpair_all(
+        [
+            ["--home", str(homes["alice"]), "send", info["bob"]["fingerprint"], "hello bob"],
+            ["--home", str(homes["bob"]), "send", "--json", info["alice"]["node_id"], "hello \x1b[31malice"],
+        ]
+    )
+    sends += [
+        quicpair("send", "BOB", "again, bob", home=homes["alice"]),
+        quicpair("send", "alice", "-", home=homes["bob"], stdin="two\nlines\n"),
+    ]
+    assert [(r.returncode, r.stderr) for r in sends] == [(0, "")] * 4
+    assert sends[0].stdout == sends[2].stdout == sends[3].stdout == ""
+    assert json.loads(sends[1].stdout) == {
+        "sent": 16, "node_id": info["alice"]["node_id"], "fingerprint": info["alice"]["fingerprint"]
+    }  # fmt: skip
+    got = [follow.json_line(), follow.json_line()]
+    assert [(m["text"], m["name"], m["fingerprint"]) for m in got] == [
+        ("hello bob", "alice", info["alice"]["fingerprint"]),
+        ("again, bob", "alice", info["alice"]["fingerprint"]),
+    ]
+    assert got[0]["base64"] == "aGVsbG8gYm9i" and got[0]["node_id"] == info["alice"]["node_id"]
+    follow.popen.send_signal(signal.SIGINT)
+    assert follow.wait() == 130 and "quicpair: interrupted" in follow.stderr()
+    assert "Traceback" not in follow.stderr()
+
+    lines: list[str] = []
+
+    def alice_received_two() -> bool:
+        lines.extend(quicpair("receive", "--timeout", "5", home=homes["alice"]).stdout.splitlines())
+        return len(lines) >= 2
+
+    wait_until("Alice's two messages", alice_received_two)
+    fingerprint = info["bob"]["fingerprint"]
+    assert lines == [f"{fingerprint} bob: hello \\x1b[31malice", f"{fingerprint} bob: two\\nlines\\n"]
+
+    # A peer that is not paired is a one-line error, exit 9; a base64 mistake is a usage error, 2.
+    unknown = quicpair_all(
+        [["send", "carol", "hi"], ["send", "zzzz-zzzz", "hi"], ["unpair", info["alice"]["node_id"]]],
+        home=homes["alice"],
+    )
+    assert_clean_error(unknown[0], 9, "no paired device has the name 'carol'")
+    assert_clean_error(unknown[1], 9, "has the fingerprint or name 'zzzz-zzzz'")
+    assert_clean_error(unknown[2], 9, "no paired device has the NodeId")
+    assert_clean_error(quicpair("send", "bob", "***", "--base64", home=homes["alice"]), 2, "not base64")
+
+    unpaired = quicpair("unpair", "bob", "--json", home=homes["alice"])
+    assert unpaired.returncode == 0, unpaired.stderr
+    assert json.loads(unpaired.stdout) == {
+        "unpaired": info["bob"]["node_id"], "fingerprint": fingerprint, "delivered": True
+    }  # fmt: skip
+
+    def both_forgot() -> bool:
+        results = quicpair_all([["--home", str(home), "devices", "--json"] for home in homes.values()])
+        return all(json.loads(result.stdout) == [] for result in results)
+
+    wait_until("both sides forget the pairing", both_forgot)
+    after = quicpair_all(
+        [
+            ["--home", str(homes["alice"]), "send", "bob", "still there?"],
+            ["--home", str(homes["bob"]), "send", info["alice"]["fingerprint"], "still there?"],
+            ["--home", str(homes["alice"]), "links"],
+        ]
+    )
+    assert_clean_error(after[0], 9, "no paired device has the name 'bob'")
+    assert_clean_error(after[1], 9, f"fingerprint or name '{info['alice']['fingerprint']}'")
+    assert after[2].stdout == "No paired devices.\n"
+
+
+def test_unpair_reports_a_peer_that_is_told_later(tmp_path: Path, procs: Any) -> None:
+    alice_home, bob_home = tmp_path / "alice", tmp_path / "bob"
+    _, (bob_run, bob) = procs.daemons(("alice-run", alice_home), ("bob-run", bob_home))
+    pair = procs.start("alice-pair", "--home", str(alice_home), "pair", "--json", "--timeout", "30")
+    assert quicpair("join", pair.json_line()["uri"], home=bob_home).returncode == 0
+    assert pair.wait() == 0
+    bob_run.popen.send_signal(signal.SIGTERM)
+    assert bob_run.wait() == 0
+    unpaired = quicpair("unpair", bob["fingerprint"], "--timeout", "0.5", home=alice_home)
+    assert unpaired.returncode == 0, unpaired.stderr
+    assert unpaired.stdout.startswith(f"Unpaired {bob['name']} ({bob['fingerprint']}); it will be told")
+    sent = quicpair("send", bob["node_id"], "hi", home=alice_home)
+    assert_clean_error(sent, 9, "no paired device has the NodeId")
+
+
+def test_peer_resolution_and_escaping() -> None:
+    from quicpair.protocol.identity import Identity
+    from quicpair.tools.cli_links import UnknownPeer, printable, resolve_peer
+
+    ids = [Identity.generate().node_id for _ in range(4)]
+    devices = [
+        {"node_id": i.text, "fingerprint": i.fingerprint, "name": name}
+        for i, name in zip(ids, ["bob", "Phone", "phone", "x"], strict=True)
+    ]
+    assert resolve_peer(devices, ids[0].text.upper())["name"] == "bob"
+    assert resolve_peer(devices, f" {ids[3].fingerprint.upper()} ")["name"] == "x"
+    assert resolve_peer(devices, "Bob")["name"] == "bob"  # ignoring case when no exact match
+    assert resolve_peer(devices, "phone")["node_id"] == ids[2].text  # exact beats ignoring case
+    with pytest.raises(UnknownPeer, match="'PHONE' names 2 paired devices"):
+        resolve_peer(devices, "PHONE")
+    twin = {"node_id": "q" * 52, "fingerprint": ids[0].fingerprint, "name": "twin"}
+    with pytest.raises(UnknownPeer, match="matches 2 paired devices; give the NodeId"):
+        resolve_peer([*devices, twin], ids[0].fingerprint)
+    with pytest.raises(UnknownPeer, match="no paired device has the NodeId"):
+        resolve_peer(devices[1:], ids[0].text)
+    assert printable("a\x1b[2Jb\n\\ é\t") == "a\\x1b[2Jb\\n\\\\ é\\t"
+
+
+# -- the demo ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialer", ["alice", "bob"])
+def test_the_demo_runs_end_to_end(dialer: str) -> None:
+    """``--dialer`` fixes who holds the lower NodeId, so both restart paths run: Bob waits or Bob dials."""
+    from quicpair.protocol.identity import NodeId
+
+    result = subprocess.run(
+        [sys.executable, "-m", "quicpair.tools.demo", "--dialer", dialer],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[FAIL]" not in out and "Traceback" not in result.stderr
+    # The dialer the demo names is the lower NodeId of the two it printed at the start.
+    ids: dict[str, str] = {}
+    for words in (line.split() for line in out.splitlines()):
+        if len(words) > 2 and words[0] in ("alice", "bob") and words[1] == "NodeId":
+            ids.setdefault(words[0], words[2])
+    lower, higher = sorted(ids, key=lambda name: NodeId.from_text(ids[name]).raw)
+    assert lower == dialer
+    low, high = lower.capitalize(), higher.capitalize()
+    for line in (
+        "link.idle_timeout=3 (30)  link.keepalive_interval=1 (10)  link.backoff_min=0.2 (0.5)",
+        "[ok] same SAS words on both sides",
+        "[ok] Alice (initiator) used 1 QUIC connection and 1 stream",
+        "[ok] Bob (joiner) used 1 QUIC connection and 1 stream",
+        "[ok] on each side the send key differs from the receive key",
+        # 4. the link comes up by itself, dialed by the lower NodeId
+        f"so {low} dials and {high} only accepts",
+        "[ok] link up on both sides (`links`): 1 connection each, the same connection id ",
+        f"[ok] {low}: role dialer, dialed by local; {high}: role listener, dialed by peer",
+        f"[ok] {low} dialed ",
+        f"{high}: link.dials 0, link.connections_accepted 1",
+        # 5. a message each way, zero reconnects while both are up
+        '[ok] Alice -> Bob: "hello from Alice", received from NodeId',
+        '[ok] Bob -> Alice: "hello from Bob", received from NodeId',
+        "idle for 4 s, longer than the 3 s idle timeout",
+        "[ok] still up on both sides, on the same connection ",
+        "[ok] Alice's counters: link.up 1, link.down 0, link.reconnects 0, link.messages_sent 1, "
+        "link.messages_received 1",
+        "[ok] Bob's counters: link.up 1, link.down 0, link.reconnects 0, link.messages_sent 1, "
+        "link.messages_received 1",
+        # 6. Bob restarts: the pairing persisted, the link comes back from the stored address
+        "[ok] Bob's process stopped cleanly (exit status 0)",
+        "[ok] Alice saw the link go down: link.down GOING_AWAY from Bob",
+        "[ok] Bob came back with the same NodeId",
+        "[ok] Bob's registry still holds Alice, confirmed",
+        "[ok] link up again on both sides: 1 connection each, the same new connection id ",
+        "ms after Bob's node.started; Alice's link was down ",
+        f"[ok] {low} redialed {high}'s stored address ",
+        "[ok] no mDNS lookup on either side",
+        '[ok] Alice -> Bob: "hello again from Alice"',
+        '[ok] Bob -> Alice: "hello again from Bob"',
+        "[ok] Alice (her process ran throughout): link.up 2, link.down 1, link.reconnects 1",
+        f"[ok] Bob's new process: link.up 1, link.down 0, link.reconnects 0; {high} never dialed",
+    ):
+        assert line in out, out
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("All ") and " checks passed in " in last, out

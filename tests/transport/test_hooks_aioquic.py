@@ -1,0 +1,286 @@
+"""aioquic's private hooks that actors/transport/tls.py relies on, one test each.
+
+aioquic is pinned to exactly 1.7.2 (setup.cfg). These tests drive two
+PinnedQuicConnections sans-I/O (datagrams handed over in memory, no socket)
+and fail LOUDLY, naming the hook, when an aioquic release changes one of
+them: read actors/transport/tls.py's docstring before bumping the pin. The
+last tests cover the checks tls_pinning builds on them (no sockets either);
+tests/transport/test_transport.py covers the same over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import aioquic
+import pytest
+from aioquic import tls
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from quicpair.actors.transport.tls import (
+    IDLE_TIMEOUT_REASON,
+    PeerClose,
+    PinnedQuicConnection,
+    check_handshake,
+    code_from_peer_close,
+    code_from_transport,
+    quic_configuration,
+)
+from quicpair.protocol.errors import ErrorCode, RemoteProtocolError
+from quicpair.protocol.identity import Identity
+
+PINNED = "1.7.2"
+ALPN = "quicpair/link/1"
+CLIENT_ADDR = ("127.0.0.1", 50001)
+SERVER_ADDR = ("127.0.0.1", 50002)
+ALICE = Identity.from_seed(bytes([1]) * 32)  # server
+BOB = Identity.from_seed(bytes([2]) * 32)  # client
+NOW = 1_000.0
+
+
+@contextmanager
+def hook(name: str) -> Iterator[None]:
+    """Turn any failure inside into one loud message naming the hook."""
+    try:
+        yield
+    except Exception as exc:  # AssertionError included
+        pytest.fail(
+            f"aioquic private hook {name} is not what actors/transport/tls.py was written "
+            f"against (aioquic {PINNED}; installed {aioquic.__version__}): {type(exc).__name__}: {exc}. "
+            "Re-read the hook in aioquic's source and fix actors/transport/tls.py before bumping the pin.",
+            pytrace=False,
+        )
+
+
+def make_pair(
+    client_cls: type[PinnedQuicConnection] = PinnedQuicConnection,
+    server_cls: type[PinnedQuicConnection] = PinnedQuicConnection,
+) -> tuple[PinnedQuicConnection, PinnedQuicConnection]:
+    client = client_cls(
+        configuration=quic_configuration(BOB, is_client=True, alpns=[ALPN], idle_timeout=5.0, now=NOW)
+    )
+    server = server_cls(
+        configuration=quic_configuration(ALICE, is_client=False, alpns=[ALPN], idle_timeout=5.0, now=NOW),
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    return client, server
+
+
+def transfer(sender: QuicConnection, receiver: QuicConnection, from_addr: tuple[str, int]) -> int:
+    count = 0
+    for data, _ in sender.datagrams_to_send(now=NOW):
+        receiver.receive_datagram(data, from_addr, now=NOW)
+        count += 1
+    return count
+
+
+def handshake(client: QuicConnection, server: QuicConnection) -> None:
+    client.connect(SERVER_ADDR, now=NOW)
+    for _ in range(20):
+        moved = transfer(client, server, CLIENT_ADDR) + transfer(server, client, SERVER_ADDR)
+        if not moved:
+            return
+
+
+def drain(conn: QuicConnection) -> list[events.QuicEvent]:
+    found = []
+    while (event := conn.next_event()) is not None:
+        found.append(event)
+    return found
+
+
+def params(func: object) -> list[str]:
+    return list(inspect.signature(func).parameters)  # type: ignore[arg-type]
+
+
+def test_aioquic_is_the_pinned_version() -> None:
+    assert aioquic.__version__ == PINNED, (
+        f"aioquic {aioquic.__version__} is installed but quicpair's private hooks were checked "
+        f"against {PINNED} only (setup.cfg pins it): run tests/transport/test_hooks_aioquic.py and review "
+        "actors/transport/tls.py before changing the pin"
+    )
+
+
+def test_hook_initialize_creates_the_tls_context_we_patch() -> None:
+    with hook("QuicConnection._initialize(peer_cid)"):
+        assert params(QuicConnection._initialize) == ["self", "peer_cid"]
+        client, server = make_pair()
+        client.connect(SERVER_ADDR, now=NOW)  # the client initializes in connect()
+        assert isinstance(client.tls, tls.Context)
+        assert "_check_certificate_verify_signature" in vars(client.tls), "client hook not installed"
+        transfer(client, server, CLIENT_ADDR)  # the server initializes on the first Initial
+        assert isinstance(server.tls, tls.Context)
+        assert "_check_certificate_verify_signature" in vars(server.tls), "server hook not installed"
+        assert server.tls._request_client_certificate is True
+
+
+def test_hook_request_client_certificate_makes_the_client_authenticate() -> None:
+    class NoRequest(PinnedQuicConnection):
+        def _initialize(self, peer_cid: bytes) -> None:
+            super()._initialize(peer_cid)
+            self.tls._request_client_certificate = False
+
+    with hook("tls.Context._request_client_certificate"):
+        assert tls.Context(is_client=False)._request_client_certificate is False
+        client, server = make_pair()
+        handshake(client, server)
+        assert server.peer_certificate() is not None, "setting it True no longer requests a certificate"
+        client, server = make_pair(server_cls=NoRequest)
+        handshake(client, server)
+        assert server.peer_certificate() is None, "the client authenticated without being asked"
+
+
+def test_hook_check_certificate_verify_signature_runs_on_both_sides() -> None:
+    with hook("tls.Context._check_certificate_verify_signature(verify)"):
+        assert params(tls.Context._check_certificate_verify_signature) == ["self", "verify"]
+        client, server = make_pair()
+        handshake(client, server)
+        assert client.verified_peer == ALICE.node_id, "not called on the client"
+        assert server.verified_peer == BOB.node_id, "not called on the server"
+        assert any(isinstance(e, events.HandshakeCompleted) for e in drain(client))
+        # A refusal raised from it must stop the handshake with a TLS alert.
+        client, server = make_pair()
+        client.expect = server.expect = BOB.node_id  # the client expects the wrong node
+        handshake(client, server)
+        assert client.refusal is not None and client.refusal.code is ErrorCode.IDENTITY_MISMATCH
+        assert not any(isinstance(e, events.HandshakeCompleted) for e in drain(client))
+        assert server.peer_close is not None
+        assert server.peer_close.error_code == QuicErrorCode.CRYPTO_ERROR + tls.AlertDescription.access_denied
+
+
+def test_hook_peer_certificate_holds_the_presented_certificate() -> None:
+    with hook("tls.Context._peer_certificate"):
+        assert tls.Context(is_client=True)._peer_certificate is None
+        client, server = make_pair()
+        handshake(client, server)
+        assert isinstance(client.tls._peer_certificate, x509.Certificate)
+        assert client.peer_certificate() == server.configuration.certificate
+        assert server.peer_certificate() == client.configuration.certificate
+
+
+def test_hook_peer_certificate_refuses_a_non_ed25519_server() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ecdsa")])
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=2))
+        .sign(key, hashes.SHA256())
+    )
+    with hook("tls.Context._peer_certificate (non-Ed25519 refusal)"):
+        client, server = make_pair()
+        server.configuration.certificate, server.configuration.private_key = cert, key
+        handshake(client, server)
+        assert client.refusal is not None and "not Ed25519" in str(client.refusal)
+
+
+def test_hook_handshake_confirmed_waits_for_handshake_done() -> None:
+    with hook("QuicConnection._handshake_confirmed"):
+        client, server = make_pair()
+        assert client._handshake_confirmed is False
+        client.connect(SERVER_ADDR, now=NOW)
+        transfer(client, server, CLIENT_ADDR)  # Initial
+        transfer(server, client, SERVER_ADDR)  # server flight up to Finished
+        assert any(isinstance(e, events.HandshakeCompleted) for e in drain(client))
+        assert client.handshake_confirmed is False, "confirmed before the server's HANDSHAKE_DONE"
+        transfer(client, server, CLIENT_ADDR)  # client Certificate, CertificateVerify, Finished
+        assert server.handshake_confirmed is True
+        transfer(server, client, SERVER_ADDR)  # HANDSHAKE_DONE
+        assert client.handshake_confirmed is True
+
+
+def test_hook_connection_close_frame_is_seen_when_it_arrives() -> None:
+    with hook("QuicConnection._handle_connection_close_frame(context, frame_type, buf)"):
+        assert params(QuicConnection._handle_connection_close_frame) == [
+            "self",
+            "context",
+            "frame_type",
+            "buf",
+        ]
+        client, server = make_pair()
+        handshake(client, server)
+        server.close(error_code=ErrorCode.UNPAIRED, reason_phrase="unpaired")
+        transfer(server, client, SERVER_ADDR)
+        assert client.peer_close == PeerClose(ErrorCode.UNPAIRED, None, "unpaired")
+        client, server = make_pair()
+        handshake(client, server)
+        server.close(error_code=QuicErrorCode.PROTOCOL_VIOLATION, frame_type=QuicFrameType.STREAM_BASE)
+        transfer(server, client, SERVER_ADDR)
+        assert client.peer_close == PeerClose(QuicErrorCode.PROTOCOL_VIOLATION, QuicFrameType.STREAM_BASE, "")
+
+
+def test_idle_timeout_ends_with_its_known_reason_phrase() -> None:
+    with hook("ConnectionTerminated reason for an idle timeout"):
+        client, server = make_pair()
+        handshake(client, server)
+        drain(client)
+        client.handle_timer(now=NOW + 60.0)
+        terminated = [e for e in drain(client) if isinstance(e, events.ConnectionTerminated)]
+        assert [e.reason_phrase for e in terminated] == [IDLE_TIMEOUT_REASON]
+
+
+def test_no_session_ticket_machinery_is_ever_armed() -> None:
+    with hook("tls.Context.session_ticket / get_session_ticket_cb / new_session_ticket_cb"):
+        client, server = make_pair()
+        handshake(client, server)
+        for conn in (client, server):
+            assert conn.tls.session_ticket is None
+            assert conn.tls.get_session_ticket_cb is None
+            assert conn.tls.new_session_ticket_cb is None
+            assert conn.tls.session_resumed is False
+
+
+# -- the checks tls_pinning builds on these hooks -------------------------------
+
+
+def test_a_resumed_handshake_is_refused_at_completion() -> None:
+    config = quic_configuration(ALICE, is_client=False, alpns=[ALPN], idle_timeout=5.0, now=0.0)
+    conn = PinnedQuicConnection(configuration=config, original_destination_connection_id=bytes(8))
+    resumed = events.HandshakeCompleted(alpn_protocol=ALPN, early_data_accepted=False, session_resumed=True)
+    with pytest.raises(RemoteProtocolError) as caught:
+        check_handshake(conn, resumed, [ALPN])
+    assert caught.value.code is ErrorCode.PROTOCOL_VIOLATION
+    early = events.HandshakeCompleted(alpn_protocol=ALPN, early_data_accepted=True, session_resumed=False)
+    with pytest.raises(RemoteProtocolError):
+        check_handshake(conn, early, [ALPN])
+    client = quic_configuration(BOB, is_client=True, alpns=[ALPN], idle_timeout=5.0, now=0.0)
+    client.session_ticket = object()  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="session resumption"):
+        PinnedQuicConnection(configuration=client)
+
+
+def test_close_codes_map_to_quicpair_codes() -> None:
+    alert = tls.AlertDescription
+
+    def code(error_code: int) -> ErrorCode:
+        return code_from_transport(error_code, "")[0]
+
+    crypto = QuicErrorCode.CRYPTO_ERROR  # + the TLS alert, RFC 9001 4.8
+    assert code(crypto + alert.bad_certificate) is ErrorCode.IDENTITY_MISMATCH
+    assert code(crypto + alert.certificate_required) is ErrorCode.IDENTITY_MISMATCH
+    assert code(crypto + alert.no_application_protocol) is ErrorCode.UNSUPPORTED_VERSION
+    assert "no_application_protocol" in code_from_transport(crypto + alert.no_application_protocol, "")[1]
+    assert code(crypto + alert.decrypt_error) is ErrorCode.PROTOCOL_VIOLATION
+    assert code(QuicErrorCode.APPLICATION_ERROR) is ErrorCode.GOING_AWAY  # code hidden in the handshake
+    assert code(QuicErrorCode.CONNECTION_REFUSED) is ErrorCode.BUSY
+    assert code_from_transport(0x0A, "bad frame") == (
+        ErrorCode.PROTOCOL_VIOLATION,
+        "QUIC transport error 0xa: bad frame",
+    )
+    assert code_from_peer_close(PeerClose(0x03, None, "bye")) == (ErrorCode.UNPAIRED, "bye")
+    unknown = code_from_peer_close(PeerClose(0x99, None, "from the future"))
+    assert unknown == (ErrorCode.PROTOCOL_VIOLATION, "unknown code 0x99: from the future")
