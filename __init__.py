@@ -32,6 +32,8 @@ if TYPE_CHECKING:
         FrameError,
         IdentityError,
         LocalProtocolError,
+        NotAcknowledged,
+        NotTransmitted,
         PairingFailed,
         PeerUnreachable,
         ProtocolError,
@@ -52,6 +54,8 @@ __all__ = [
     "LocalProtocolError",
     "Node",
     "NodeId",
+    "NotAcknowledged",
+    "NotTransmitted",
     "PairingFailed",
     "PairingOffer",
     "PeerUnreachable",
@@ -76,7 +80,8 @@ _HOMES = {
     **{
         name: "quicpair.protocol.errors"
         for name in __all__
-        if name.endswith("Error") or name in ("ErrorCode", "PairingFailed", "PeerUnreachable")
+        if name.endswith("Error")
+        or name in ("ErrorCode", "NotAcknowledged", "NotTransmitted", "PairingFailed", "PeerUnreachable")
     },
 }
 

@@ -28,7 +28,10 @@ from quicpair.actors.kernel.loop import EventLoopThread
 from quicpair.config.settings import Settings
 from quicpair.protocol.codebook import Codebook
 from quicpair.protocol.codes import format_address
-from quicpair.protocol.identity import Identity
+from quicpair.protocol.delivery import first_seq_of_epoch
+from quicpair.protocol.identity import Identity, NodeId
+from quicpair.protocol.keys import stateless_reset_key
+from quicpair.protocol.notice import BOOT_SIZE
 
 __all__ = ["NodeContext", "Offer"]
 
@@ -89,11 +92,44 @@ class NodeContext:
     closing: list[Any] = field(default_factory=list)
     #: (host, port) the listener bound; reset by each listener incarnation.
     bound: concurrent.futures.Future[tuple[str, int]] = field(default_factory=concurrent.futures.Future)
+    #: The bound port (actors/transport/listener.py's Listener), to send restart notices
+    #: from; set by the listener actor once bound; loop-confined.
+    port: Any = None
+    #: This run's send epoch (raised in the registry at every start: protocol/delivery.py).
+    send_epoch: int = 1
+    #: Random id of this start, in our restart notices (protocol/notice.py).
+    boot: bytes = b""
+    #: Called on the loop with a peer whose link hello named another pairing than ours
+    #: (PAIRING_MISMATCH): the node resolves a pairing it holds in doubt with it. Set by
+    #: the Node; None in bare test contexts.
+    pairing_mismatch: Callable[[NodeId], None] | None = None
+    #: Joiner sessions resolving a pairing in doubt, by peer (loop-confined): actors/pairing/joiner.py.
+    resolvers: dict[NodeId, ActorRef[Any]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _send_seq: int = 0
+    _reset_key: bytes = b""
+
+    def __post_init__(self) -> None:
+        self._reset_key = stateless_reset_key(self.identity.seed)
+        self._send_seq = first_seq_of_epoch(self.send_epoch)
+        if not self.boot:
+            self.boot = self.rand(BOOT_SIZE)
 
     def next_id(self) -> int:
         """A node-unique number for naming sessions and connections in logs."""
         return next(self._ids)
+
+    def next_send_seq(self) -> int:
+        """The next delivery number of this node (loop-confined): one counter for every peer, so a
+        restarted link worker never repeats a number its predecessor used in this run."""
+        seq = self._send_seq
+        self._send_seq = seq + 1
+        return seq
+
+    @property
+    def reset_key(self) -> bytes:
+        """The node's static stateless-reset key (derived from its identity; survives restarts)."""
+        return self._reset_key
 
     def direct_addresses(self) -> list[str]:
         """The addresses this node tells peers it can be reached at (``host:port``)."""

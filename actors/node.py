@@ -51,14 +51,21 @@ from quicpair.actors.kernel.counters import Counters
 from quicpair.actors.kernel.exits import Supervised
 from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.kernel.loop import EventLoopThread
+from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.kernel.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from quicpair.actors.links.inbox import Inbox, ReceivedMessage
-from quicpair.actors.links.messages import LinkStatus, SendRequest
+from quicpair.actors.links.messages import InboxRoom, LinkStatus, SendRequest
 from quicpair.actors.links.supervisor import LinksActor, UnpairCommand, load_link_records
 from quicpair.actors.pairing.device import Device, PairingOffer
-from quicpair.actors.pairing.joiner import JoinerSession
+from quicpair.actors.pairing.joiner import CallerGaveUp, JoinerSession, ResolveNow
 from quicpair.actors.pairing.listener import ListenerActor
-from quicpair.actors.registry.actor import DeviceRecord, DeviceState, RegistryActor, RegistryStore
+from quicpair.actors.registry.actor import (
+    DeviceRecord,
+    DeviceState,
+    QueuedMessage,
+    RegistryActor,
+    RegistryStore,
+)
 from quicpair.config.settings import Settings, load_settings
 from quicpair.protocol import errors
 from quicpair.protocol.codes import parse_code_or_uri, split_address
@@ -81,6 +88,8 @@ SEND_TIMEOUT = 10.0
 UNPAIR_TIMEOUT = 5.0
 #: Bound on the cleanup tasks of stopped actors (mDNS goodbyes: 3 packets ~250 ms apart).
 CLOSING_TIMEOUT = 3.0
+#: A pairing mismatch seen on a link starts a resolution with that peer at most this often.
+MISMATCH_RESOLVE_INTERVAL = 5.0
 
 
 class _Registry(Supervised, RegistryActor):
@@ -105,6 +114,7 @@ class Node:
         self._loop: EventLoopThread | None = None
         self._escalated: BaseException | None = None
         self._on_failure = on_failure
+        self._mismatch_seen: dict[NodeId, float] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -119,6 +129,8 @@ class Node:
         # pairings a previous run left half-done (see _recover_pairings).
         with RegistryStore(self.home / REGISTRY_FILE) as store:
             in_doubt = _recover_pairings(store)
+            # Delivery numbers of this run start above every number of an earlier run.
+            epoch = store.next_send_epoch()
         loop = EventLoopThread(f"quicpair-loop-{identity.node_id.fingerprint}").start()
         ctx = NodeContext(
             identity=identity,
@@ -127,8 +139,12 @@ class Node:
             counters=Counters(),
             loop_thread=loop,
             log=get_logger(node=identity.node_id.fingerprint),
+            send_epoch=epoch,
         )
-        ctx.inbox = Inbox(f"quicpair-{identity.node_id.fingerprint}", ctx.counters, ctx.log)
+        ctx.inbox = Inbox(
+            f"quicpair-{identity.node_id.fingerprint}", ctx.counters, ctx.log, on_room=self._inbox_room
+        )
+        ctx.pairing_mismatch = self._on_pairing_mismatch
         self._ctx, self._loop = ctx, loop
         try:
             self._root = Supervisor.start(
@@ -168,7 +184,15 @@ class Node:
     def _resume_in_doubt(self, record: DeviceRecord) -> None:
         """Ask the initiator again about a pairing we voted for but never heard decided."""
         ctx = self._context
-        sessions = ctx.sessions
+        spec = self._resolver_spec(record)
+        if ctx.sessions is None or spec is None:
+            return
+        ctx.log.info("pairing.resume_in_doubt", peer=record.node_id.fingerprint)
+        ctx.sessions.proxy().start_child(spec).get(timeout=CALL_TIMEOUT)
+
+    def _resolver_spec(self, record: DeviceRecord) -> ChildSpec | None:
+        """A session that resolves ``record`` (PENDING, ours as joiner) with its initiator."""
+        ctx = self._context
         targets = []
         for address in (*record.addresses, *([record.observed_address] if record.observed_address else [])):
             try:
@@ -177,20 +201,55 @@ class Node:
                 continue
             if target not in targets:
                 targets.append(target)
-        if sessions is None or not targets:
+        if not targets:
             ctx.log.warning("pairing.unresolved", peer=record.node_id.fingerprint, reason="no address to ask")
-            return
-        ctx.log.info("pairing.resume_in_doubt", peer=record.node_id.fingerprint)
+            return None
         name = f"pair-r-{ctx.next_id()}"
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        spec = ChildSpec(
+        return ChildSpec(
             name,
             lambda: JoinerSession.start_on(
                 ctx.loop_thread, ctx, name, None, targets, record.node_id, result, resume=record
             ),
             restart=Restart.TEMPORARY,
         )
-        sessions.proxy().start_child(spec).get(timeout=CALL_TIMEOUT)
+
+    def _inbox_room(self) -> None:
+        # From the thread that took messages from a full inbox (the application's).
+        ctx = self._ctx
+        ref = None if ctx is None else ctx.link_supervisor
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(InboxRoom())
+
+    def _on_pairing_mismatch(self, peer: NodeId) -> None:
+        """On the loop: a link saw ``peer`` use another pairing. If we hold one with it in doubt
+        (a joiner that voted and never heard the decision), ask the initiator now."""
+        ctx = self._context
+        resolver = ctx.resolvers.get(peer)
+        if resolver is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                resolver.tell(ResolveNow())
+            return
+        now = ctx.clock()
+        if now - self._mismatch_seen.get(peer, float("-inf")) < MISMATCH_RESOLVE_INTERVAL:
+            return
+        self._mismatch_seen[peer] = now
+        registry, sessions = ctx.registry, ctx.sessions
+        if registry is None or sessions is None:
+            return
+
+        def found(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            for record in fut.result():
+                if record.node_id == peer and record.role is Role.JOINER and peer not in ctx.resolvers:
+                    ctx.log.info("pairing.resume_in_doubt", peer=peer.fingerprint, why="pairing_mismatch")
+                    spec = self._resolver_spec(record)
+                    if spec is not None:
+                        call_async(sessions, "start_child", spec).add_done_callback(_consume)
+
+        call_async(registry, "list", [DeviceState.PENDING]).add_done_callback(found)
 
     def _remember(self, name: str, ref: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
         assert self._ctx is not None
@@ -347,10 +406,12 @@ class Node:
         try:
             device: Device = result.result(timeout=bound)
         except concurrent.futures.TimeoutError as exc:
-            # Stop the session so that "failed" stays true: before our vote it aborts
-            # the pairing with the initiator; after it, the record stays PENDING (in
-            # doubt) and is resolved at the next start, never silently committed.
-            session.stop(block=False)
+            # The caller's wait ends, not necessarily the pairing: before our vote the
+            # session aborts it with the initiator (nothing stored); after it, the record
+            # stays PENDING (in doubt) and the session keeps asking the initiator until it
+            # answers, so both sides end on the same pairing (actors/pairing/joiner.py).
+            with contextlib.suppress(pykka.ActorDeadError):
+                session.tell(CallerGaveUp())
             raise errors.PairingFailed(ErrorCode.TIMEOUT, f"no result within {bound:g} s") from exc
         return device
 
@@ -397,16 +458,26 @@ class Node:
         except pykka.ActorDeadError as exc:
             raise errors.PeerUnreachable("the links supervisor is restarting; try again") from exc
 
-    def send(self, peer: NodeId, payload: bytes, *, timeout: float = SEND_TIMEOUT) -> None:
-        """Send ``payload`` to the paired device ``peer``, sealed with the link's keys.
+    def send(
+        self, peer: NodeId, payload: bytes, *, timeout: float = SEND_TIMEOUT, queue: bool = False
+    ) -> int:
+        """Send ``payload`` to the paired device ``peer``; returns once its node acknowledged it.
 
-        Returns once the message is handed to the link (QUIC then delivers it
-        in order, or the connection dies: at most once, like TCP). While the
-        link is down the message waits, in order, up to ``timeout`` seconds for
-        it to come up; then PeerUnreachable is raised and the message is
-        dropped, never sent later. LocalProtocolError: ``peer`` is not paired
-        (UNKNOWN_PEER) or was unpaired (UNPAIRED), or the payload is larger
-        than MAX_APP_PAYLOAD bytes (FRAME_TOO_LARGE).
+        The message is sealed with the link's keys, numbered, and delivered to the
+        peer's application once, in order, across reconnections and restarts of
+        either node (docs/LINKS.md, "Sends"). Returns the message's delivery number
+        once the peer's node has durably taken it. Within ``timeout`` seconds, or:
+
+        * NotTransmitted (a PeerUnreachable): the link did not come up in time; the
+          message was never sent, it is dropped, and never sent later;
+        * NotAcknowledged (a PeerUnreachable): it was sent, but no acknowledgement
+          came in time; it may have arrived, and is not sent again.
+
+        ``queue=True``: the message is queued durably instead (in the registry, across
+        restarts of this node) and delivered at the next contact, however long that
+        takes; this returns once it is queued (``queued()`` lists what waits).
+        LocalProtocolError: ``peer`` is not paired (UNKNOWN_PEER) or was unpaired
+        (UNPAIRED), or the payload is larger than MAX_APP_PAYLOAD (FRAME_TOO_LARGE).
         """
         if not isinstance(payload, bytes | bytearray | memoryview):
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
@@ -417,12 +488,20 @@ class Node:
             )
         if not timeout >= 0:
             raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._tell_links(SendRequest(peer, data, time.monotonic() + timeout, future))
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._tell_links(SendRequest(peer, data, time.monotonic() + timeout, future, queue))
         try:
-            future.result(timeout=timeout + CALL_TIMEOUT)
+            # The worker settles it by the deadline; the margin covers a worker restart.
+            return future.result(timeout=timeout + CALL_TIMEOUT)
         except concurrent.futures.TimeoutError as exc:
-            raise errors.PeerUnreachable(f"no answer from the link to {peer.fingerprint}") from exc
+            raise errors.NotAcknowledged(
+                f"no answer from the link to {peer.fingerprint}; the message may have been sent"
+            ) from exc
+
+    def queued(self, peer: NodeId | None = None) -> list[QueuedMessage]:
+        """Messages queued durably (``send(..., queue=True)``) and not yet acknowledged."""
+        messages: list[QueuedMessage] = self._ask_registry("queued", peer)
+        return messages
 
     def subscribe(self, callback: Callable[[NodeId, bytes], None]) -> Callable[[], None]:
         """Call ``callback(peer, payload)`` for every message from a paired device; returns an unsubscribe.
@@ -467,6 +546,12 @@ class Node:
             return delivered.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             return False
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Done callback of a best-effort call: retrieve its error (it was logged where it arose)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _await_all(tasks: list[Any]) -> None:

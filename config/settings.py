@@ -122,8 +122,20 @@ class LinkSettings:
 
     #: QUIC idle timeout.
     idle_timeout: float = _rule(gt=0, le=3600)
-    #: PING interval; below idle_timeout / 2.
-    keepalive_interval: float = _rule(gt=0, le=1800)
+    #: The dialing side's PING interval; at most 2/3 of idle_timeout.
+    keepalive_interval: float = _rule(gt=0, le=2400)
+    #: Probe timeouts in a row, unanswered, after which the peer is taken for gone.
+    dead_after_ptos: int = _rule(ge=2, le=20)
+    #: Bound on the liveness check before an announcement may replace a connection.
+    liveness_timeout: float = _rule(gt=0, le=60)
+    #: Payloads in flight, unacknowledged, on a link at most.
+    send_window: int = _rule(ge=1, le=65536)
+    #: Bytes of payload in flight, unacknowledged, on a link at most.
+    send_window_bytes: int = _rule(ge=65536, le=1 << 30)
+    #: Payloads waiting behind the window, per peer, at most.
+    outbox_limit: int = _rule(ge=1, le=1 << 20)
+    #: Bytes of payload waiting behind the window, per peer, at most.
+    outbox_limit_bytes: int = _rule(ge=65536, le=1 << 32)
     #: First reconnection delay.
     backoff_min: float = _rule(gt=0, le=3600)
     #: Longest reconnection delay; at least backoff_min.
@@ -170,6 +182,8 @@ class TestingSettings:
     )
     #: Both nodes of a pair dial each other (not only the lower NodeId), to force duplicates.
     force_simultaneous_dial: bool = _rule()
+    #: The waiting side sends no restart notices (as if every one were lost).
+    drop_restart_notice: bool = _rule()
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,12 +367,13 @@ def _cross_check(
 ) -> None:
     link = checked["link"]
     idle_layer = values["link"]["idle_timeout"][1]
-    if not link["keepalive_interval"] < link["idle_timeout"] / 2:
+    if not link["keepalive_interval"] <= link["idle_timeout"] * 2 / 3:
         raise ConfigError(
             f"{values['link']['keepalive_interval'][1].where('link', 'keepalive_interval')}: [link] "
-            f"keepalive_interval = {link['keepalive_interval']!r} must be less than idle_timeout / 2 = "
-            f"{link['idle_timeout'] / 2:g} (idle_timeout from {idle_layer.where('link', 'idle_timeout')}), "
-            "so that one lost PING does not close a healthy link"
+            f"keepalive_interval = {link['keepalive_interval']!r} must be at most 2/3 of idle_timeout = "
+            f"{link['idle_timeout'] * 2 / 3:g} "
+            f"(idle_timeout from {idle_layer.where('link', 'idle_timeout')}), "
+            "so that a lost PING and its probes arrive before the peer's idle timeout"
         )
     if not link["backoff_max"] >= link["backoff_min"]:
         raise ConfigError(

@@ -16,6 +16,8 @@ code is turned back into the same exception class on the other side::
     ├── IdentityError                 an identity key file is missing, unreadable or unsafe
     ├── RegistryError                 the device registry cannot be used (corrupt, newer schema)
     ├── PeerUnreachable               no address of a peer answered
+    │   ├── NotTransmitted            a send never left: dropped, never sent later
+    │   └── NotAcknowledged           a send left but was not acknowledged: it may have arrived
     └── ConfigError                   a settings file or value is invalid
 
 Docstrings of the classes are written for the person who reads them in the
@@ -33,6 +35,8 @@ __all__ = [
     "FrameError",
     "IdentityError",
     "LocalProtocolError",
+    "NotAcknowledged",
+    "NotTransmitted",
     "PairingFailed",
     "PeerUnreachable",
     "ProtocolError",
@@ -58,6 +62,10 @@ class ErrorCode(enum.IntEnum):
     DUPLICATE_CONNECTION = 0x02
     #: The peer unpaired us; the link will not come back.
     UNPAIRED = 0x03
+    #: The peer lost the connection's state: it answered with a QUIC stateless reset (RFC 9000
+    #: 10.3), because it restarted. Never sent on the wire (a reset carries no code); reported
+    #: locally, and not a fault: redial at once.
+    PEER_RESTARTED = 0x04
 
     #: Something went wrong inside the sender (for example its session actor crashed).
     INTERNAL_ERROR = 0x10
@@ -95,6 +103,9 @@ class ErrorCode(enum.IntEnum):
     DECRYPT_FAILED = 0x32
     #: A sealed message arrived twice or out of order.
     REPLAYED = 0x33
+    #: The two sides link with different pairings (a re-pair whose outcome one side has not
+    #: learned yet): the side in doubt resolves it (PairResolve) and the link comes back.
+    PAIRING_MISMATCH = 0x34
 
     @property
     def is_fault(self) -> bool:
@@ -107,6 +118,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.GOING_AWAY: "the peer is going away",
     ErrorCode.DUPLICATE_CONNECTION: "duplicate connection closed",
     ErrorCode.UNPAIRED: "the peer unpaired this device",
+    ErrorCode.PEER_RESTARTED: "the peer restarted (stateless reset)",
     ErrorCode.INTERNAL_ERROR: "internal error on the peer",
     ErrorCode.PROTOCOL_VIOLATION: "protocol violation",
     ErrorCode.FRAME_TOO_LARGE: "frame too large",
@@ -124,6 +136,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.IDENTITY_MISMATCH: "the peer is not the device that was expected",
     ErrorCode.DECRYPT_FAILED: "a sealed message failed authentication",
     ErrorCode.REPLAYED: "a sealed message was replayed or reordered",
+    ErrorCode.PAIRING_MISMATCH: "the two devices hold different pairings (a re-pair is being resolved)",
 }
 
 
@@ -195,7 +208,26 @@ class RegistryError(QuicpairError):
 
 
 class PeerUnreachable(QuicpairError):
-    """No address of the peer answered in time."""
+    """No address of the peer answered in time.
+
+    ``refused``: the peer's host answered that nothing listens there (ICMP port
+    unreachable), which is worth moving on at once rather than waiting.
+    """
+
+    def __init__(self, message: str = "", *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+class NotTransmitted(PeerUnreachable):
+    """The message was never sent: the link did not come up in time; it was dropped, never sent later."""
+
+
+class NotAcknowledged(PeerUnreachable):
+    """The message was sent but the other device did not confirm it in time: it may have arrived.
+
+    It will not be sent again.
+    """
 
 
 class ConfigError(QuicpairError, ValueError):

@@ -124,6 +124,13 @@ class Identity:
     def private_key(self) -> Ed25519PrivateKey:
         return self._key
 
+    @property
+    def seed(self) -> bytes:
+        """The 32-byte Ed25519 seed (RFC 8032 5.1.5): the secret everything else derives from."""
+        return self._key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
 

@@ -39,10 +39,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from .codes import words_from_bits
 from .identity import NodeId
+from .messages import KEY_ID_SIZE
 
 __all__ = [
     "KEY_SIZE",
     "LABEL_PREFIX",
+    "RESET_TOKEN_SIZE",
     "SAS_WORDS",
     "DirectionalKeys",
     "PairingKeys",
@@ -54,7 +56,11 @@ __all__ = [
     "hkdf_extract",
     "hmac_sha256",
     "key_fingerprint",
+    "key_id",
     "link_keys",
+    "restart_notice_key",
+    "stateless_reset_key",
+    "stateless_reset_token",
     "transcript_hash",
     "verify_mac",
 ]
@@ -88,6 +94,9 @@ _COMMIT = _label("commit")
 _KEY_FINGERPRINT = _label("key fingerprint")
 _LINK_D2L = _label("link dialer to listener")
 _LINK_L2D = _label("link listener to dialer")
+_KEY_ID = _label("key id")
+_RESTART_NOTICE = _label("restart notice")
+_STATELESS_RESET = _label("stateless reset")
 
 
 class Role(enum.Enum):
@@ -323,3 +332,40 @@ def link_keys(
     if local_is_dialer:
         return DirectionalKeys(send=d2l, receive=l2d)
     return DirectionalKeys(send=l2d, receive=d2l)
+
+
+def key_id(pairing_id: bytes) -> bytes:
+    """The pairing's key id (``LinkHello.pairing``): which pairing, hence which secret, a side uses.
+
+    A hash of the pairing id (public within the pair), so it names the pairing without
+    revealing anything about its secret.
+    """
+    _check_key("the pairing id", pairing_id)
+    return hashlib.sha256(_KEY_ID + pairing_id).digest()[:KEY_ID_SIZE]
+
+
+def restart_notice_key(pairing_secret: bytes) -> bytes:
+    """The key of the restart notices between two paired nodes (``protocol.notice``)."""
+    _check_key("the pairing secret", pairing_secret)
+    return hkdf_expand(pairing_secret, _RESTART_NOTICE, KEY_SIZE)
+
+
+#: RFC 9000 10.3: a stateless reset token is 16 bytes.
+RESET_TOKEN_SIZE = 16
+
+
+def stateless_reset_key(identity_seed: bytes) -> bytes:
+    """The node's static key for stateless reset tokens (RFC 9000 10.3.2), from its identity.
+
+    Derived from the Ed25519 seed, so it survives restarts without a file of its own: a
+    restarted node can reset the connections of its previous incarnation. One-way: a token
+    reveals nothing of the identity key.
+    """
+    _check_key("the identity seed", identity_seed)
+    return hkdf_expand(hkdf_extract(b"", identity_seed), _STATELESS_RESET, KEY_SIZE)
+
+
+def stateless_reset_token(reset_key: bytes, connection_id: bytes) -> bytes:
+    """The stateless reset token for one of our connection ids: HMAC(static key, CID), 16 bytes."""
+    _check_key("the stateless reset key", reset_key)
+    return hmac_sha256(reset_key, connection_id)[:RESET_TOKEN_SIZE]

@@ -2,20 +2,26 @@
 
 A link connection (ALPN ``quicpair/link/1``) joins two paired nodes; the
 dialer opens its one bidirectional stream. Both sides first send a
-:class:`~protocol.messages.LinkHello` with a fresh nonce and their current
-addresses. From the two nonces and the pairing secret each side derives this
-connection's directional keys (:func:`protocol.keys.link_keys`); everything
-after the hellos is a :class:`~protocol.messages.LinkSealed` box holding one
-inner message (application data, new addresses, or unpair), sealed with
-sequence numbers 0, 1, 2... in each direction (:mod:`protocol.seal`).
+:class:`~protocol.messages.LinkHello` with a fresh nonce, the key id of the
+pairing they link with and their current addresses. Two different key ids
+mean the two sides hold different pairings (a re-pair one side has not seen
+decided yet): no key could match, so the channel fails at once with
+PAIRING_MISMATCH instead of at the first box. From the two nonces and the
+pairing secret each side derives this connection's directional keys
+(:func:`protocol.keys.link_keys`); everything after the hellos is a
+:class:`~protocol.messages.LinkSealed` box holding one inner message
+(application data with its delivery number, an acknowledgement, new
+addresses, or unpair), sealed with box numbers 0, 1, 2... in each direction
+(:mod:`protocol.seal`). What the delivery numbers mean (acknowledged,
+exactly-once delivery across connections) is :mod:`protocol.delivery`'s.
 
 Style (sans-I/O, like h11):
 
 * **input**: ``receive_data(bytes)``, then drain ``next_event()`` until it
   returns None. Errors in the peer's bytes are raised by ``next_event``, after
   the events of every message before them.
-* **output**: ``hello()``, ``send_app()``, ``send_addresses()`` and
-  ``send_unpair()`` return the bytes to write on the stream. The channel never
+* **output**: ``hello()``, ``send_app()``, ``send_ack()``, ``send_addresses()``
+  and ``send_unpair()`` return the bytes to write on the stream. The channel never
   writes on its own accord, so there is no ``data_to_send()``: nothing is ever
   waiting in it to be sent.
 
@@ -28,12 +34,14 @@ States and moves (:data:`_TRANSITIONS`, the only table)::
     S0_start          --peer hello----------> S1_hello_received
     S1_hello_sent     --peer hello----------> S2_established   (LinkEstablished)
     S1_hello_received --hello()-------------> S2_established   (LinkEstablished)
-    S2_established    --send/receive sealed-> S2_established   (AppDataReceived, AddressesReceived)
+    S2_established    --send/receive sealed-> S2_established   (AppDataReceived, AckReceived,
+                                                                  AddressesReceived)
     S2_established    --send/receive unpair-> S_closed         (UnpairReceived)
     any but S_failed  --close()-------------> S_closed
 
 Any other peer message is a RemoteProtocolError (``PROTOCOL_VIOLATION``: a
-sealed message before both hellos, a second hello, a pairing message); a
+sealed message before both hellos, a second hello, a pairing message;
+``PAIRING_MISMATCH``: a hello naming another pairing than ours); a
 replayed, reordered or tampered box is a SealError (``REPLAYED``,
 ``DECRYPT_FAILED``); bad framing is a FrameError. Each of these fails the
 channel for good (``S_failed``): every later call raises an error of the same
@@ -50,12 +58,15 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .delivery import MAX_SEQ
 from .errors import ErrorCode, FrameError, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .framing import FrameDecoder, decode_body, encode_body, encode_frame
 from .identity import NodeId
 from .keys import DirectionalKeys, link_keys
 from .messages import (
+    KEY_ID_SIZE,
     NONCE_SIZE,
+    LinkAck,
     LinkAddresses,
     LinkAppData,
     LinkHello,
@@ -66,6 +77,7 @@ from .messages import (
 from .seal import CONTEXT_LINK, Opener, Sealer
 
 __all__ = [
+    "AckReceived",
     "AddressesReceived",
     "AppDataReceived",
     "LinkChannel",
@@ -96,8 +108,18 @@ class LinkEstablished:
 class AppDataReceived:
     """The peer sent an application payload."""
 
+    #: Its delivery number (protocol/delivery.py: a duplicate has one already taken).
+    seq: int
     #: The payload, exactly as the peer's application passed it to its node.
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """The peer's node took (durably) every payload we sent numbered up to ``upto``."""
+
+    #: The highest delivery number the peer acknowledges, cumulatively.
+    upto: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +135,7 @@ class UnpairReceived:
     """The peer removed this pairing: remove the peer too, and close the connection."""
 
 
-LinkEvent = LinkEstablished | AppDataReceived | AddressesReceived | UnpairReceived
+LinkEvent = LinkEstablished | AppDataReceived | AckReceived | AddressesReceived | UnpairReceived
 
 
 # -- the state machine ---------------------------------------------------------------
@@ -165,7 +187,8 @@ class LinkChannel:
 
     ``local_is_dialer`` says who opened this connection (usually, but not
     always, the node :func:`protocol.dialrule.should_dial` names);
-    ``pairing_secret`` is the secret stored with the peer's record;
+    ``pairing_secret`` is the secret stored with the peer's record and
+    ``key_id`` its pairing's key id (:func:`protocol.keys.key_id`);
     ``addresses`` go into our hello; ``rand`` supplies the hello nonce.
     """
 
@@ -173,6 +196,7 @@ class LinkChannel:
         "_addresses",
         "_decoder",
         "_failure",
+        "_key_id",
         "_local",
         "_local_is_dialer",
         "_nonce",
@@ -193,6 +217,7 @@ class LinkChannel:
         peer: NodeId,
         local_is_dialer: bool,
         pairing_secret: bytes,
+        key_id: bytes,
         addresses: list[str],
         rand: Callable[[int], bytes],
     ) -> None:
@@ -200,10 +225,13 @@ class LinkChannel:
             raise ValueError("a link joins two different nodes")
         if not isinstance(pairing_secret, bytes) or len(pairing_secret) != 32:
             raise ValueError("the pairing secret is 32 bytes")
+        if not isinstance(key_id, bytes) or len(key_id) != KEY_ID_SIZE:
+            raise ValueError(f"a key id is {KEY_ID_SIZE} bytes")
         self._local = local
         self._peer = peer
         self._local_is_dialer = local_is_dialer
         self._secret = pairing_secret
+        self._key_id = key_id
         self._addresses = list(addresses)
         self._rand = rand
         self._state = LinkState.S0_start
@@ -243,16 +271,20 @@ class LinkChannel:
         nonce = self._rand(NONCE_SIZE)
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"rand({NONCE_SIZE}) returned {len(nonce)} bytes")
-        frame = encode_frame(LinkHello(nonce=nonce, addresses=list(self._addresses)))
+        frame = encode_frame(LinkHello(nonce=nonce, pairing=self._key_id, addresses=list(self._addresses)))
         self._nonce = nonce
         self._state = new_state
         if new_state is LinkState.S2_established:
             self._pending.append(self._establish())
         return frame
 
-    def send_app(self, data: bytes) -> bytes:
-        """A LinkSealed frame carrying ``data`` (at most MAX_APP_PAYLOAD bytes)."""
-        return self._send_sealed(_Move.SEND_SEALED, LinkAppData(data=data))
+    def send_app(self, seq: int, data: bytes) -> bytes:
+        """A LinkSealed frame carrying ``data`` (at most MAX_APP_PAYLOAD bytes), delivery number ``seq``."""
+        return self._send_sealed(_Move.SEND_SEALED, LinkAppData(seq=seq, data=data))
+
+    def send_ack(self, upto: int) -> bytes:
+        """A LinkSealed frame acknowledging the peer's payloads numbered up to ``upto``."""
+        return self._send_sealed(_Move.SEND_SEALED, LinkAck(upto=upto))
 
     def send_addresses(self, addresses: list[str]) -> bytes:
         """A LinkSealed frame announcing our complete, current address list."""
@@ -333,7 +365,7 @@ class LinkChannel:
         self._pending.clear()
         return error
 
-    def _send_sealed(self, move: _Move, inner: LinkAppData | LinkAddresses | LinkUnpair) -> bytes:
+    def _send_sealed(self, move: _Move, inner: LinkAppData | LinkAck | LinkAddresses | LinkUnpair) -> bytes:
         new_state = self._check_local(move)
         body = encode_body(inner)  # LocalProtocolError if over its limits: nothing changed yet
         assert self._sealer is not None  # established implies keys
@@ -345,6 +377,12 @@ class LinkChannel:
         if isinstance(message, LinkHello):
             what = "a second LinkHello" if self._peer_hello is not None else "a LinkHello"
             self._state = self._check_remote(_Move.RECEIVE_HELLO, what)
+            if message.pairing != self._key_id:
+                raise RemoteProtocolError(
+                    ErrorCode.PAIRING_MISMATCH,
+                    f"link {self._role}: the peer links with pairing {message.pairing.hex()},"
+                    f" this side with {self._key_id.hex()}",
+                )
             self._peer_hello = message
             if self._state is LinkState.S2_established:
                 return self._establish()
@@ -361,8 +399,16 @@ class LinkChannel:
         self._check_remote(_Move.RECEIVE_SEALED, "a sealed message before both hellos")
         assert self._opener is not None  # established implies keys
         inner = decode_body(self._opener.open(message.seq, message.box))
-        if isinstance(inner, LinkAppData):
-            return AppDataReceived(data=inner.data)
+        if isinstance(inner, LinkAppData | LinkAck):
+            number = inner.seq if isinstance(inner, LinkAppData) else inner.upto
+            if number > MAX_SEQ:
+                raise RemoteProtocolError(
+                    ErrorCode.MALFORMED_MESSAGE,
+                    f"link {self._role}: delivery number {number} is above 2^63-1",
+                )
+            if isinstance(inner, LinkAppData):
+                return AppDataReceived(seq=inner.seq, data=inner.data)
+            return AckReceived(upto=inner.upto)
         if isinstance(inner, LinkAddresses):
             return AddressesReceived(addresses=tuple(inner.addresses))
         if isinstance(inner, LinkUnpair):

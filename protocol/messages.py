@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ALPN_LINK",
     "ALPN_PAIR",
+    "KEY_ID_SIZE",
     "MAC_SIZE",
     "MAX_ADDRESSES",
     "MAX_ADDRESS_LEN",
@@ -35,6 +36,7 @@ __all__ = [
     "PAKE_MESSAGE_SIZE",
     "PROTOCOL_VERSION",
     "DeviceInfo",
+    "LinkAck",
     "LinkAddresses",
     "LinkAppData",
     "LinkHello",
@@ -66,6 +68,8 @@ PAKE_MESSAGE_SIZE = 33
 MAC_SIZE = 32
 #: Fresh randomness in a link hello.
 NONCE_SIZE = 32
+#: A pairing's key id in a link hello: which pairing (hence which secret) a side links with.
+KEY_ID_SIZE = 8
 MAX_ADDRESSES = 16
 #: ``[ipv6%scope]:port`` fits in 64 characters.
 MAX_ADDRESS_LEN = 64
@@ -195,11 +199,14 @@ class DeviceInfo:
 
 @dataclass(frozen=True, slots=True)
 class LinkHello:
-    """First message each way on a link stream: fresh nonce and current addresses."""
+    """First message each way on a link stream: fresh nonce, which pairing, current addresses."""
 
     TAG: ClassVar[int] = 16
     #: 32 fresh random bytes; both nonces feed the per-connection keys.
     nonce: bytes = meta(size=NONCE_SIZE)
+    #: The key id of the pairing the sender links with (``protocol.keys.key_id``); two sides
+    #: whose ids differ hold different pairings (a re-pair in doubt): no key could match.
+    pairing: bytes = meta(size=KEY_ID_SIZE)
     #: The sender's current direct addresses.
     addresses: list[str] = meta(max=MAX_ADDRESSES, item_max=MAX_ADDRESS_LEN)
 
@@ -217,9 +224,13 @@ class LinkSealed:
 
 @dataclass(frozen=True, slots=True)
 class LinkAppData:
-    """Inner: an application payload for ``Node.send``."""
+    """Inner: an application payload for ``Node.send``, numbered for acknowledged delivery."""
 
     TAG: ClassVar[int] = 18
+    #: The sender's delivery sequence number for this pairing and direction: increasing, never
+    #: reused (across connections and restarts of the sender), with gaps allowed.
+    seq: int
+    #: The payload, exactly as the application passed it.
     data: bytes = meta(max=MAX_APP_PAYLOAD)
 
 
@@ -238,6 +249,19 @@ class LinkUnpair:
     TAG: ClassVar[int] = 20
 
 
+@dataclass(frozen=True, slots=True)
+class LinkAck:
+    """Inner: cumulative acknowledgement of the peer's LinkAppData.
+
+    Every payload with a sequence number at most ``upto`` has been received by the sender's
+    node, which has durably recorded ``upto`` (so it never delivers those twice).
+    """
+
+    TAG: ClassVar[int] = 21
+    #: The highest LinkAppData sequence number taken from the peer for this pairing.
+    upto: int
+
+
 PairingMessage = (
     PairRequest
     | PairChallenge
@@ -248,7 +272,7 @@ PairingMessage = (
     | PairReject
     | PairResolve
 )
-LinkInner = LinkAppData | LinkAddresses | LinkUnpair
+LinkInner = LinkAppData | LinkAddresses | LinkUnpair | LinkAck
 Message = PairingMessage | DeviceInfo | LinkHello | LinkSealed | LinkInner
 
 MESSAGE_TYPES: dict[int, type[Any]] = {
@@ -268,5 +292,6 @@ MESSAGE_TYPES: dict[int, type[Any]] = {
         LinkAppData,
         LinkAddresses,
         LinkUnpair,
+        LinkAck,
     )
 }

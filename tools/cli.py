@@ -58,6 +58,8 @@ EXIT_CODES: dict[str, int] = {
     "CodeFormatError": 3,
     "PairingFailed": 4,
     "PeerUnreachable": 5,
+    "NotTransmitted": 5,  # a PeerUnreachable: the daemon reports the subclass by name
+    "NotAcknowledged": 5,
     "RegistryError": 6,
     "IdentityError": 6,
     "ConfigError": 6,

@@ -2,12 +2,14 @@
 
     quicpair links                     # each paired device's link: role, state, connection
     quicpair send bob 'hello'          # PEER: a NodeId, a fingerprint (abcd-efgh) or a unique name
+    quicpair send --queue bob 'later'  # kept durably until bob's node acknowledges it
+    quicpair outbox                    # the queued messages still waiting
     quicpair receive --follow          # print messages as they arrive, until Ctrl-C
     quicpair unpair bob                # revoke; the peer is told now or at the next contact
 
 They act on the daemon of the home (tools/daemon.py) through the control ops
-of tools/control.py (``links``, ``send``, ``messages``, ``unpair``, and
-``devices`` to resolve PEER); tools/cli.py registers them with
+of tools/control.py (``links``, ``send``, ``outbox``, ``messages``, ``unpair``,
+and ``devices`` to resolve PEER); tools/cli.py registers them with
 :func:`add_link_commands` and maps the errors raised here to exit statuses
 (:class:`UnknownPeer` 9, :class:`MessageError` 2).
 
@@ -267,17 +269,39 @@ def _payload_fields(payload: bytes) -> dict[str, Any]:
 def cmd_send(args: argparse.Namespace) -> int:
     fields = _payload_fields(_payload(args))
     timeout = args.timeout if args.timeout is not None else SEND_TIMEOUT
+    if args.queue:
+        fields["queue"] = True
     with _daemon(args) as node:
         device = _resolve(node, args.peer)
         result = _call(
             node, "send", timeout + CALL_WAIT, node_id=device["node_id"], timeout=timeout, **fields
         )
+    kind = "queued" if args.queue else "sent"
     if args.json:
-        _out(
-            args,
-            {"sent": result["sent"], "node_id": device["node_id"], "fingerprint": device["fingerprint"]},
-            [],
+        fields_out = {kind: result[kind], "seq": result["seq"]}
+        _out(args, {**fields_out, "node_id": device["node_id"], "fingerprint": device["fingerprint"]}, [])
+    elif args.queue:
+        # A sent message needs no words (it arrived); a queued one has not yet.
+        _out(args, None, [f"Queued for {_label(device)}; it goes at the next contact (`quicpair outbox`)."])
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    with _daemon(args) as node:
+        names = _Names(node)
+        queued = [{**m, "name": names(m["node_id"])} for m in node.call("outbox")]
+    now = time.time()
+    rows = [("FINGERPRINT", "NAME", "SEQ", "BYTES", "QUEUED")] + [
+        (
+            m["fingerprint"],
+            printable(m["name"]),
+            str(m["seq"]),
+            str(m["bytes"]),
+            f"{max(now - m['queued_at'], 0.0):.0f} s ago",
         )
+        for m in queued
+    ]
+    _out(args, queued, _table(rows) if queued else ["Nothing queued."])
     return 0
 
 
@@ -371,8 +395,14 @@ def add_link_commands(command: CommandAdder, seconds: Callable[[str], float]) ->
         "--timeout",
         type=seconds,
         metavar="S",
-        help=f"while the link is down, wait up to S seconds for it (default {SEND_TIMEOUT:g})",
+        help=f"wait up to S seconds for the device to acknowledge it (default {SEND_TIMEOUT:g})",
     )
+    p.add_argument(
+        "--queue",
+        action="store_true",
+        help="queue it durably instead: kept (across restarts) until the device acknowledges it",
+    )
+    command("outbox", cmd_outbox, "list the queued messages (send --queue) still waiting for their device")
     p = command("receive", cmd_receive, "print the messages paired devices sent (what is queued now)")
     p.add_argument(
         "--follow", action="store_true", help="keep printing messages as they arrive, until Ctrl-C"

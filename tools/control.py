@@ -38,8 +38,9 @@ OPS: dict[str, tuple[str, ...]] = {
     "device": ("node_id",),
     "counters": (),
     "links": (),
-    "send": ("node_id", "payload", "base64", "timeout"),
+    "send": ("node_id", "payload", "base64", "timeout", "queue"),
     "messages": ("timeout",),
+    "outbox": ("node_id",),
     "unpair": ("node_id", "timeout"),
     "stop": (),
 }
@@ -60,6 +61,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "node_id": str,
     "payload": str,
     "base64": bool,
+    "queue": bool,
 }
 #: Longest wait a request may ask for (a typo of 3600 for 3.6 must not wedge a worker thread).
 MAX_TIMEOUT = 600.0
@@ -191,16 +193,31 @@ class Controller:
                 raise RequestError(f"payload: not base64 ({exc})") from exc
         else:
             payload = text.encode("utf-8")
-        kwargs = {"timeout": request["timeout"]} if "timeout" in request else {}
-        self.node.send(_node_id(request), payload, **kwargs)
-        return {"sent": len(payload)}
+        kwargs: dict[str, Any] = {"timeout": request["timeout"]} if "timeout" in request else {}
+        queue = bool(request.get("queue", False))
+        seq = self.node.send(_node_id(request), payload, queue=queue, **kwargs)
+        # "sent": acknowledged by the peer's node; "queued": kept durably until it is.
+        return {"queued" if queue else "sent": len(payload), "seq": seq}
+
+    def _op_outbox(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        peer = _node_id(request) if "node_id" in request else None
+        return [
+            {
+                "node_id": m.node_id.text,
+                "fingerprint": m.node_id.fingerprint,
+                "seq": m.seq,
+                "bytes": len(m.payload),
+                "queued_at": m.queued_at,
+            }
+            for m in self.node.queued(peer)
+        ]
 
     def _op_messages(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         # The first message is waited for (up to timeout), then whatever else is queued.
         received = self.node.receive(request.get("timeout", 0.0))
         messages = []
         while received is not None:
-            messages.append(_message(received.peer, received.payload))
+            messages.append(_message(received.peer, received.payload, received.seq))
             received = self.node.receive(0.0)
         return messages
 
@@ -220,10 +237,11 @@ def _node_id(request: dict[str, Any]) -> NodeId:
         raise RequestError(f"node_id: {exc}") from exc
 
 
-def _message(peer: NodeId, payload: bytes) -> dict[str, Any]:
-    """A received message as JSON: base64 always, and the text when it is UTF-8."""
+def _message(peer: NodeId, payload: bytes, seq: int) -> dict[str, Any]:
+    """A received message as JSON: base64 always, the text when it is UTF-8, its delivery number."""
     try:
         text: str | None = payload.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    return {"node_id": peer.text, "base64": base64.b64encode(payload).decode("ascii"), "text": text}
+    encoded = base64.b64encode(payload).decode("ascii")
+    return {"node_id": peer.text, "base64": encoded, "text": text, "seq": seq}

@@ -338,27 +338,37 @@ def _wrong_code() -> Json:
 # -- link ----------------------------------------------------------------------------------
 
 _WAYS = ("dialer to listener", "listener to dialer")
-_LINK_PLAN: list[tuple[str, str, m.LinkAppData | m.LinkAddresses | m.LinkUnpair]] = [
-    ("dialer", "listener", m.LinkAppData(data=b"ping")),
-    ("listener", "dialer", m.LinkAppData(data=b"pong")),
+#: The first delivery number of a node's first run (protocol/delivery.py: epoch 1).
+_FIRST = 1 << 32
+#: Each side's first sealed message is its LinkAddresses (section 11.2); then a payload each
+#: way, each acknowledged, and an unpair.
+_LINK_PLAN: list[tuple[str, str, m.LinkInner]] = [
     ("dialer", "listener", m.LinkAddresses(addresses=["198.51.100.8:47470"])),
+    ("listener", "dialer", m.LinkAddresses(addresses=["203.0.113.9:47470"])),
+    ("dialer", "listener", m.LinkAppData(seq=_FIRST, data=b"ping")),
+    ("listener", "dialer", m.LinkAck(upto=_FIRST)),
+    ("listener", "dialer", m.LinkAppData(seq=_FIRST, data=b"pong")),
+    ("dialer", "listener", m.LinkAck(upto=_FIRST)),
     ("listener", "dialer", m.LinkUnpair()),
 ]
 
 
-def _channel(name: str, me: NodeId, peer: NodeId, secret: bytes) -> LinkChannel:
+def _channel(name: str, me: NodeId, peer: NodeId, secret: bytes, kid: bytes) -> LinkChannel:
     addr = INITIATOR_INFO.addresses if me == _ids()[0].node_id else JOINER_INFO.addresses
     d, r = name == "dialer", _rand(name)
-    return LinkChannel(local=me, peer=peer, local_is_dialer=d, pairing_secret=secret, addresses=addr, rand=r)
+    return LinkChannel(
+        local=me, peer=peer, local_is_dialer=d, pairing_secret=secret, key_id=kid, addresses=addr, rand=r
+    )
 
 
-def _link(secret: bytes) -> Json:
-    """A link connection after the pairing: the hellos, then four sealed inner messages."""
+def _link(secret: bytes, pairing_id: bytes) -> Json:
+    """A link connection after the pairing: the hellos, then the sealed inner messages of _LINK_PLAN."""
     ini, joi = (identity.node_id for identity in _ids())
     dialer = dialer_of(ini, joi)
     listener = joi if dialer == ini else ini
     pairs = (("dialer", dialer, listener), ("listener", listener, dialer))
-    side = {name: _channel(name, me, peer, secret) for name, me, peer in pairs}
+    kid = ks.key_id(pairing_id)
+    side = {name: _channel(name, me, peer, secret, kid) for name, me, peer in pairs}
     hello_d = side["dialer"].hello()
     side["listener"].receive_data(hello_d)
     _check((side["listener"].next_event(), None, "the listener's event before its own hello"))
@@ -377,7 +387,9 @@ def _link(secret: bytes) -> Json:
     sealed = []
     for sender, receiver, inner in _LINK_PLAN:
         if isinstance(inner, m.LinkAppData):
-            frame = side[sender].send_app(inner.data)
+            frame = side[sender].send_app(inner.seq, inner.data)
+        elif isinstance(inner, m.LinkAck):
+            frame = side[sender].send_ack(inner.upto)
         elif isinstance(inner, m.LinkAddresses):
             frame = side[sender].send_addresses(inner.addresses)
         else:
@@ -393,7 +405,8 @@ def _link(secret: bytes) -> Json:
     derived = {"salt": salt, "PRK_L": prk, "info_dialer_to_listener": info[_WAYS[0]]}
     derived |= {"info_listener_to_dialer": info[_WAYS[1]], "dialer_to_listener": d2l}
     derived["listener_to_dialer"] = l2d
-    out: Json = {"dialer": dialer.raw.hex(), "listener": listener.raw.hex(), "dialer_nonce": nonce_d}
+    out: Json = {"dialer": dialer.raw.hex(), "listener": listener.raw.hex(), "key_id": kid.hex()}
+    out["dialer_nonce"] = nonce_d
     out["listener_nonce"] = nonce_l
     out["hellos"] = [_frame_entry("dialer", hello_d), _frame_entry("listener", hello_l)]
     return out | _hex(derived) | {"sealed": sealed}
@@ -411,9 +424,10 @@ _SAMPLES: list[m.Message] = [
     m.PairReject(code=ErrorCode.WRONG_CODE, reason="wrong code"),
     m.DeviceInfo(name="ünïcode-name", addresses=["192.0.2.1:47470", "[::1]:47470"]),
     m.PairResolve(pairing_id=b"\x1d" * 32, mac=b"\xdd" * 32),
-    m.LinkHello(nonce=b"\x4e" * 32, addresses=[]),
+    m.LinkHello(nonce=b"\x4e" * 32, pairing=b"\x6b" * 8, addresses=[]),
     m.LinkSealed(seq=2**32, box=bytes(16)),
-    m.LinkAppData(data=b""),
+    m.LinkAppData(seq=2**32 + 1, data=b""),
+    m.LinkAck(upto=2**64 - 1),
     m.LinkAddresses(addresses=["example.net:1"]),
     m.LinkUnpair(),
 ]
@@ -494,7 +508,7 @@ def build() -> Json:
         "resolve_committed": _resolve(pairing_id, secret, committed=True),
         "resolve_aborted": _resolve(pairing_id, secret, committed=False),
         "wrong_code": _wrong_code(),
-        "link": _link(secret),
+        "link": _link(secret, pairing_id),
         "framing": _framing(),
         "uri": _uri(),
         "certificates": _certificates(),
@@ -541,12 +555,21 @@ def _vectors_md(v: Json) -> str:
         ("SAS: 44 bits, words", f"{p['sas']['bits_44']}, {' '.join(p['sas']['words'])}"),
     ]
     rows += [(f"key_fingerprint({k})", val) for k, val in p["key_fingerprints"].items()]
-    names = ("dialer", "dialer_nonce", "listener_nonce", "PRK_L", "dialer_to_listener", "listener_to_dialer")
+    names = (
+        "dialer",
+        "key_id",
+        "dialer_nonce",
+        "listener_nonce",
+        "PRK_L",
+        "dialer_to_listener",
+        "listener_to_dialer",
+    )
     rows += [(f"link {k}", link[k]) for k in names]
     out = _table(rows)
     out += _log_md("The successful pairing, frame by frame (whole frames, length prefix included):", p["log"])
     link_log = link["hellos"] + [{k: e[k] for k in ("from", "message", "frame")} for e in link["sealed"]]
-    out += _log_md("The link: the hellos, then LinkAppData x2, LinkAddresses, LinkUnpair (sealed):", link_log)
+    title = "The link: the hellos, then LinkAddresses each way, a payload and its ack each way, LinkUnpair:"
+    out += _log_md(title, link_log)
     wrong = v["wrong_code"]
     out += _log_md(f"A wrong code (the joiner typed `{wrong['joiner_code']}`):", wrong["log"])
     out += _log_md("A joiner in doubt resolves; the initiator had committed:", v["resolve_committed"]["log"])

@@ -12,6 +12,14 @@ fallback):
 3. only then an mDNS lookup of the peer's NodeId (``resolve``), whose new
    endpoints join the race.
 
+A refusal (ICMP port unreachable: the host is there, nothing listens on that
+port, e.g. the peer stopped) ends an attempt at once; when every attempt of a
+round was refused, the round ends without waiting for the mDNS lookup, so the
+worker moves to its backoff at once. The lookup still runs, in the
+background (:class:`DialLoop`): if it finds the peer somewhere else (it moved
+and its old address now refuses), :class:`Found` tells the worker, which dials
+there at once.
+
 Like Happy Eyeballs (RFC 8305 5), attempts do not wait for each other: the
 next one starts ``stagger`` seconds after the previous one, or at once when
 every running attempt has failed. The first handshake that completes wins;
@@ -31,6 +39,7 @@ actor: the worker runs :func:`dial_peer` as one task and gets a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -57,6 +66,7 @@ __all__ = [
     "DialOne",
     "Dialed",
     "Finder",
+    "Found",
     "OnAttempt",
     "Resolve",
     "dial_peer",
@@ -134,6 +144,7 @@ async def race(
     lookup: asyncio.Task[list[str]] | None = None
     lookup_pending = resolve is not None
     last_error: QuicpairError | None = None
+    all_refused = True  # every attempt so far ended with "nothing listens there"
     try:
         while True:
             started = False
@@ -146,6 +157,8 @@ async def race(
                     on_attempt(address, source)
                 running[asyncio.ensure_future(dial_one(address))] = (address, source)
                 started = True
+            if not started and not running and tried and all_refused and last_error is not None:
+                raise last_error  # refused everywhere: end the round now, lookup or not (docstring)
             if not started and lookup_pending and resolve is not None:
                 lookup_pending = False
                 if on_resolve is not None:
@@ -178,6 +191,7 @@ async def race(
                     link = task.result()
                 except QuicpairError as exc:
                     last_error = exc
+                    all_refused = all_refused and isinstance(exc, PeerUnreachable) and exc.refused
                     continue
                 return Dialed(link, address, source)
     finally:
@@ -220,6 +234,8 @@ async def dial_peer(
             timeout=settings.dial_timeout,
             idle_timeout=settings.idle_timeout,
             keepalive_interval=settings.keepalive_interval,
+            dead_after_ptos=settings.dead_after_ptos,
+            reset_key=ctx.reset_key,
         )
 
     async def resolve() -> list[str]:
@@ -246,6 +262,14 @@ class DialDone:
     dialed: Dialed | None
     #: Why it failed, when it did.
     error: QuicpairError | None
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A background mDNS lookup (after a refused round) found the peer at these endpoints."""
+
+    #: Its ``host:port`` endpoints.
+    endpoints: tuple[str, ...]
 
 
 class DialLoop:
@@ -278,6 +302,7 @@ class DialLoop:
         self._call_later, self._tell = call_later, tell
         self._round = 0
         self._task: asyncio.Task[None] | None = None
+        self._lookup: asyncio.Task[None] | None = None
         self._retry: ActorTimer | None = None
 
     @property
@@ -288,6 +313,10 @@ class DialLoop:
     @property
     def retry_pending(self) -> bool:
         return self._retry is not None and not self._retry.cancelled()
+
+    def retry_at(self) -> float | None:
+        """The loop time of the pending retry, if one is pending."""
+        return self._retry.when() if self.retry_pending and self._retry is not None else None
 
     def cancel_retry(self) -> None:
         if self._retry is not None:
@@ -322,6 +351,8 @@ class DialLoop:
                 )
             except QuicpairError as exc:
                 _tell_or_close(tell, DialDone(round_, None, exc), None)
+                if isinstance(exc, PeerUnreachable) and exc.refused:
+                    self._look_up_in_background()
                 return
             except Exception as exc:  # a bug: fail the round loudly, keep the worker going
                 log.exception("link.dial_crashed")
@@ -330,6 +361,26 @@ class DialLoop:
             _tell_or_close(tell, DialDone(round_, dialed, None), dialed.link)
 
         self._task = asyncio.get_running_loop().create_task(run())
+
+    def _look_up_in_background(self) -> None:
+        """After a refused round: ask mDNS where the peer is, without holding the next round."""
+        finder: Finder | None = self._ctx.discovery
+        if finder is None or (self._lookup is not None and not self._lookup.done()):
+            return
+        peer, tell, log = self._peer, self._tell, self._log
+        timeout = self._ctx.settings.link.dial_timeout
+        log.info("link.mdns_lookup", background=True)
+
+        async def look() -> None:
+            try:
+                found = await finder.resolve_node(peer, timeout)
+            except QuicpairError:
+                return
+            if found:
+                with contextlib.suppress(ActorDeadError):
+                    tell(Found(tuple(found)))
+
+        self._lookup = asyncio.get_running_loop().create_task(look())
 
     def finished(self, done: DialDone) -> bool:
         """Take a round's end; False (and its link closed) for a stale or abandoned round."""
@@ -341,11 +392,14 @@ class DialLoop:
         return True
 
     def stop(self) -> None:
-        """Abandon the running round and the pending retry."""
+        """Abandon the running round, the background lookup and the pending retry."""
         self.cancel_retry()
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._lookup is not None:
+            self._lookup.cancel()
+            self._lookup = None
 
 
 def _tell_or_close(tell: Callable[[Any], None], message: Any, link: QuicLink | None) -> None:

@@ -1,8 +1,9 @@
 """Where application messages from paired peers end up: ``Node.subscribe`` and ``Node.receive``.
 
-Link workers run on the node's event loop and hand every opened
-``LinkAppData`` payload to the node's one :class:`Inbox` (``deliver`` never
-blocks). From there a message goes one of two ways:
+Link workers run on the node's event loop and hand every payload they took
+(protocol/delivery.py: each delivery number once, in order) to the node's one
+:class:`Inbox` (``deliver`` never blocks). From there a message goes one of two
+ways:
 
 * **to the subscribers**, when at least one is registered
   (``Node.subscribe(callback)``): each callback is called with
@@ -13,10 +14,14 @@ blocks). From there a message goes one of two ways:
   not stall the node's network I/O. An exception in a callback is logged
   (``link.subscriber_failed``) and the next callback still runs.
 * **to the receive queue** otherwise, for ``Node.receive(timeout)`` and the
-  control protocol's ``messages`` op. The queue holds at most
-  :data:`INBOX_LIMIT` messages; beyond that the oldest is dropped, counted
-  (``link.messages_dropped``) and logged (``link.inbox_overflow``), so a node
-  whose application never reads cannot be driven out of memory by its peers.
+  control protocol's ``messages`` op.
+
+Nothing is ever dropped here: a message in the inbox has been acknowledged to
+its sender. The inbox holds at most :data:`INBOX_LIMIT` messages (queued, or
+waiting for a slow subscriber); a link worker asks :meth:`Inbox.room` before it
+takes more, and when there is none it stops acknowledging, so the peers'
+send windows fill and their senders wait (back-pressure) until the application
+reads; ``on_room`` tells the node when space comes back.
 
 The delivery thread starts with the first subscription and ends with
 :meth:`Inbox.close` (``Node.stop``).
@@ -36,12 +41,14 @@ from quicpair.protocol.identity import NodeId
 
 __all__ = ["INBOX_LIMIT", "Inbox", "ReceivedMessage", "Subscriber"]
 
-#: Messages the receive queue keeps for an application that does not read: 4096 x at
-#: most 60 kB (MAX_APP_PAYLOAD) bounds it at ~240 MB in the worst case, ~0 normally.
+#: Messages the inbox holds for an application that does not read (then its peers wait):
+#: 4096 x at most 60 kB (MAX_APP_PAYLOAD) bounds it at ~240 MB in the worst case.
 INBOX_LIMIT = 4096
 
 #: ``callback(peer, payload)``, called on the node's delivery thread.
 Subscriber = Callable[[NodeId, bytes], None]
+#: Called (from the thread that took messages) when a full inbox has room again.
+OnRoom = Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +59,31 @@ class ReceivedMessage:
     peer: NodeId
     #: The payload, exactly as the peer's application passed it to ``Node.send``.
     payload: bytes
+    #: Its delivery number from that peer: increasing, never delivered twice by this node;
+    #: after a power loss (not a crash) of this machine an application that must never see
+    #: a payload twice can drop numbers it already saw (docs/LINKS.md "Sends").
+    seq: int = 0
 
     def __repr__(self) -> str:
-        return f"ReceivedMessage(peer={self.peer.fingerprint}, {len(self.payload)} bytes)"
+        return f"ReceivedMessage(peer={self.peer.fingerprint}, seq={self.seq}, {len(self.payload)} bytes)"
 
 
 class Inbox:
     """Thread-safe: ``deliver`` from the loop, ``receive``/``subscribe`` from any thread."""
 
-    def __init__(self, name: str, counters: Counters, log: Any, *, limit: int = INBOX_LIMIT) -> None:
+    def __init__(
+        self,
+        name: str,
+        counters: Counters,
+        log: Any,
+        *,
+        limit: int = INBOX_LIMIT,
+        on_room: OnRoom | None = None,
+    ) -> None:
         if limit < 1:
             raise ValueError("the inbox limit must be at least 1")
+        self._on_room = on_room
+        self._full = False
         self._name = name
         self._counters = counters
         self._log = log
@@ -76,21 +97,21 @@ class Inbox:
 
     # -- the loop's side ---------------------------------------------------------
 
-    def deliver(self, peer: NodeId, payload: bytes) -> None:
-        """Queue one message for the application; never blocks."""
-        message = ReceivedMessage(peer, payload)
+    def room(self) -> int:
+        """How many more messages the inbox takes now (0: full; ``on_room`` says when it is not)."""
+        with self._cond:
+            room = self._limit - len(self._queue) - len(self._outbox)
+            if room <= 0:
+                self._full = True
+            return max(room, 0)
+
+    def deliver(self, peer: NodeId, payload: bytes, seq: int = 0) -> None:
+        """Hand one message to the application; never blocks (the caller asked :meth:`room`)."""
+        message = ReceivedMessage(peer, payload, seq)
         with self._cond:
             if self._closed:
                 return
-            # The same bound whether a subscriber is slow or nobody receives: a
-            # peer sending faster than the application reads costs memory up to
-            # the limit, then the oldest messages (counted and logged).
-            target = self._outbox if self._subscribers else self._queue
-            if len(target) >= self._limit:
-                dropped = target.popleft()
-                self._counters.incr("link.messages_dropped")
-                self._log.warning("link.inbox_overflow", peer=dropped.peer.fingerprint, limit=self._limit)
-            target.append(message)
+            (self._outbox if self._subscribers else self._queue).append(message)
             self._cond.notify_all()
 
     # -- the application's side ---------------------------------------------------
@@ -123,7 +144,9 @@ class Inbox:
                 if remaining is not None and remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            return self._queue.popleft() if self._queue else None
+            message = self._queue.popleft() if self._queue else None
+        self._took()
+        return message
 
     def drain(self, timeout: float = 0.0) -> list[ReceivedMessage]:
         """Every queued message; waits up to ``timeout`` seconds for the first if none is queued."""
@@ -133,7 +156,18 @@ class Inbox:
         with self._cond:
             rest = list(self._queue)
             self._queue.clear()
+        self._took()
         return [first, *rest]
+
+    def _took(self) -> None:
+        """Messages left the inbox: if it was full, say there is room again (once)."""
+        with self._cond:
+            was_full, self._full = self._full, False
+        if was_full and self._on_room is not None:
+            try:
+                self._on_room()
+            except Exception:  # a closed loop at shutdown: nobody needs the news
+                self._log.debug("link.inbox_room_unheard")
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop delivering; the delivery thread finishes the callback it is in and ends."""
@@ -155,6 +189,7 @@ class Inbox:
                     return
                 message = self._outbox.popleft()
                 subscribers = list(self._subscribers)
+            self._took()
             for callback in subscribers:
                 try:
                     callback(message.peer, message.payload)

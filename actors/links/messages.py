@@ -10,6 +10,8 @@ message               from -> to             meaning
 :class:`UnpairRequest`  links -> worker        the pairing is revoked: tell the peer
 :class:`Accepted`     links -> worker          the listener accepted a connection of the peer
 :class:`Hint`         discovery -> links -> worker  mDNS saw the peer (at these endpoints)
+:class:`Notice`       listener -> links -> worker  the peer's restart notice (verified)
+:class:`InboxRoom`    node -> links -> workers     the application's inbox has room again
 :class:`AddressesChanged`  links -> worker     our direct addresses changed: announce them
 :class:`StatusChanged`  worker -> links        the link's state changed (``Node.links()``)
 :class:`RecordChanged`  worker -> links        the peer's record changed (addresses)
@@ -38,7 +40,9 @@ __all__ = [
     "Accepted",
     "AddressesChanged",
     "Hint",
+    "InboxRoom",
     "LinkStatus",
+    "Notice",
     "PeerUnpairedUs",
     "RecordChanged",
     "SendRequest",
@@ -69,6 +73,17 @@ class LinkStatus:
     remote_address: str | None = None
     #: Who dialed the connection in use: "local" or "peer", when up.
     dialed_by: str | None = None
+    #: Why the last connection or dial ended, for people (None: nothing went wrong yet).
+    last_error: str | None = None
+    #: While up: since when (Unix time).
+    up_since: float | None = None
+    #: While not up: when it was last up (Unix time), or None if never.
+    last_up: float | None = None
+    #: When the next dial is due (Unix time), while this node waits to redial.
+    next_dial: float | None = None
+    #: Sends in flight unacknowledged, and waiting behind them.
+    in_flight: int = 0
+    waiting: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (NodeId as text)."""
@@ -81,6 +96,12 @@ class LinkStatus:
             "connections": self.connections,
             "remote_address": self.remote_address,
             "dialed_by": self.dialed_by,
+            "last_error": self.last_error,
+            "up_since": self.up_since,
+            "last_up": self.last_up,
+            "next_dial": self.next_dial,
+            "in_flight": self.in_flight,
+            "waiting": self.waiting,
         }
 
 
@@ -101,22 +122,28 @@ class WorkerSpec:
     #: The pairing completed just now (not loaded at start): the peer may not have
     #: committed yet (2PC: the joiner commits after the initiator).
     just_paired: bool
+    #: This node just started (the worker is one of the first, loaded from the registry):
+    #: as the waiting side, tell the peer with restart notices (actors/links/notices.py).
+    node_started: bool
     #: The links supervisor (reports go there).
     parent: ActorRef[Any]
 
 
 @dataclass(frozen=True, slots=True)
 class SendRequest:
-    """Seal ``payload`` and send it to ``peer``; settle ``future`` (None, or the error)."""
+    """Deliver ``payload`` to ``peer``; settle ``future`` with its delivery number, or the error."""
 
     #: The destination.
     peer: NodeId
     #: The application payload (at most MAX_APP_PAYLOAD bytes).
     payload: bytes
-    #: ``time.monotonic()`` after which a send still waiting for the link fails.
+    #: ``time.monotonic()`` after which a send not yet acknowledged is given up (not for ``queue``).
     deadline: float
-    #: Settled with None once handed to the link, or with PeerUnreachable / LocalProtocolError.
-    future: concurrent.futures.Future[None]
+    #: Settled with the payload's delivery number once the peer acknowledged it (``queue``: once
+    #: it is queued durably), or with NotTransmitted / NotAcknowledged / LocalProtocolError.
+    future: concurrent.futures.Future[int]
+    #: Queue durably: kept in the registry across restarts until the peer acknowledges it.
+    queue: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +167,19 @@ class Hint:
     peer: NodeId
     #: Its announced ``host:port`` endpoints.
     endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """The peer says it restarted (a restart notice, its tag verified by the links supervisor)."""
+
+    #: Where the notice came from (``host:port``): the peer's port, as it sees itself.
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRoom:
+    """The application took messages from a full inbox: receiving may go on."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,11 @@ listener); a worker restart reuses it. It never changes while the node
 runs, and since it depends on nothing but the two NodeIds, the peer
 computes the complementary answer (DESIGN.md failure #5).
 
+**Restart notices** (protocol/notice.py) arrive on the node's port; the
+listener hands them to :meth:`notice`, on the loop: the sender must be in the
+table and the tag must prove its pairing secret, else the datagram is dropped
+(counted ``link.notices_refused``); a valid one goes to the peer's worker.
+
 **Admission is instant** (the listener calls :meth:`admit` on the loop in
 the middle of a handshake): a table lookup. Unknown or unpaired NodeIds are
 refused with UNKNOWN_PEER; a paired one whose worker is being restarted
@@ -53,7 +58,9 @@ from quicpair.actors.links.messages import (
     Accepted,
     AddressesChanged,
     Hint,
+    InboxRoom,
     LinkStatus,
+    Notice,
     PeerUnpairedUs,
     RecordChanged,
     SendRequest,
@@ -65,9 +72,11 @@ from quicpair.actors.links.messages import (
 from quicpair.actors.links.worker import LinkWorker
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
+from quicpair.protocol.codes import format_address
 from quicpair.protocol.dialrule import should_dial
 from quicpair.protocol.errors import ErrorCode, LocalProtocolError, QuicpairError
 from quicpair.protocol.identity import NodeId
+from quicpair.protocol.notice import RestartNotice
 
 __all__ = [
     "ADDRESS_POLL",
@@ -135,6 +144,9 @@ class _Peer:
     status: LinkStatus | None = None
     ever_up: bool = False
     just_paired: bool = False
+    #: Loaded when this actor started (the node, most likely, just started): its first
+    #: worker sends restart notices as the waiting side; a restarted worker does not.
+    node_started: bool = False
     held: list[Any] = field(default_factory=list)  # messages for a worker being restarted
     waiters: list[concurrent.futures.Future[bool]] = field(default_factory=list)
 
@@ -169,7 +181,7 @@ class LinksActor(Supervised, LoopActor):
     def on_start(self) -> None:
         self.ctx.links = self
         for record in self._records:
-            self._add(record)
+            self._add(record, node_started=True)
         self._records = []
         self._poll = self.call_later(ADDRESS_POLL, self._poll_addresses)
         self.log.info("links.started", peers=len(self._peers))
@@ -196,6 +208,24 @@ class LinksActor(Supervised, LoopActor):
         if entry.ref is None:
             return ErrorCode.BUSY  # its worker is restarting: come back soon
         return None
+
+    def notice(self, datagram: bytes, addr: Any) -> None:
+        """A restart notice arrived on our port (on the loop): check it, pass it to the worker."""
+        parsed = RestartNotice.parse(datagram)
+        entry = None if parsed is None else self._peers.get(parsed.sender)
+        if (
+            parsed is None
+            or entry is None
+            or entry.unpairing
+            or not parsed.verify(entry.record.pairing_secret, self.ctx.identity.node_id)
+        ):
+            self.ctx.counters.incr("link.notices_refused")
+            return
+        self._forward(parsed.sender, Notice(format_address(str(addr[0]), int(addr[1]))))
+
+    def inbox_room(self) -> None:
+        """The application's inbox has room again (thread-safe): receiving may go on."""
+        self.actor_ref.tell(InboxRoom())
 
     def accepted(self, link: QuicLink) -> None:
         """An admitted link connection: hand it to its peer's worker."""
@@ -236,6 +266,9 @@ class LinksActor(Supervised, LoopActor):
             self._forward(message.peer, message, missing=message.future)
         elif isinstance(message, Hint):
             self._forward(message.peer, message)
+        elif isinstance(message, InboxRoom):
+            for peer in list(self._peers):
+                self._forward(peer, message)
         elif isinstance(message, StatusChanged):
             entry = self._peers.get(message.status.peer)
             if entry is not None:
@@ -284,7 +317,7 @@ class LinksActor(Supervised, LoopActor):
 
     # -- the table ---------------------------------------------------------------------------
 
-    def _add(self, record: DeviceRecord, *, just_paired: bool = False) -> None:
+    def _add(self, record: DeviceRecord, *, just_paired: bool = False, node_started: bool = False) -> None:
         peer = record.node_id
         dials = should_dial(self.ctx.identity.node_id, peer)
         unpairing = record.state is DeviceState.REVOKED
@@ -294,6 +327,7 @@ class LinksActor(Supervised, LoopActor):
             unpairing=unpairing,
             name=f"link-{peer.fingerprint}",
             just_paired=just_paired,
+            node_started=node_started,
         )
         self._peers[peer] = entry
         self.log.info(
@@ -313,8 +347,10 @@ class LinksActor(Supervised, LoopActor):
             was_up=entry.ever_up,
             unpairing=entry.unpairing,
             just_paired=entry.just_paired and not entry.ever_up,
+            node_started=entry.node_started,
             parent=self.actor_ref,
         )
+        entry.node_started = False  # a restart of this worker is not a restart of the node
         with supervised_by(self.actor_ref, entry.name, "links"):
             entry.ref = LinkWorker.start_on(self.loop_thread, self.ctx, spec)
         held, entry.held = entry.held, []

@@ -3,8 +3,8 @@
 The worker owns everything about one peer's link: its connections (normally
 exactly one, ALPN ``quicpair/link/1``, one stream; each a
 :class:`~quicpair.actors.links.conn.LinkConn`), the dial loop and its backoff, the
-sends waiting for the link (:class:`~quicpair.actors.links.outbox.Outbox`), the
-address bookkeeping and the delivery of an unpair. docs/LINKS.md explains
+acknowledged delivery of messages both ways (:class:`~quicpair.actors.links.delivery.PeerDelivery`),
+the address bookkeeping and the delivery of an unpair. docs/LINKS.md explains
 the decisions; in short:
 
 * **Only the node with the lower NodeId dials** (``spec.dials``, computed
@@ -17,16 +17,34 @@ the decisions; in short:
   (it proves the pairing secret; only then are its addresses persisted and
   the address recorded as worked or observed). **Down** when no kept
   connection is left and none is being set up. Replacing the kept connection
-  by a newer one is not a down. A dead peer: the QUIC idle timeout.
-* **Redial** (dialer only): faults back off (actors/kernel/backoff.py); GOING_AWAY,
-  a duplicate or a clean close redial after ``backoff_min`` without counting
-  an attempt; an mDNS announcement of the peer (a hint) dials at once while
-  down, and while up probes with a new connection (the peer may have
-  restarted or moved; the new one supersedes the old without a down).
+  by a newer one is not a down.
+* **A dead peer** is seen by the transport (actors/transport/quic_link.py): its
+  stateless reset (it restarted: PEER_RESTARTED, redial at once), probe
+  timeouts in a row (it vanished), or the idle timeout (the waiting side, which
+  sends no keep-alive of its own).
+* **Redial** (dialer only): faults back off (actors/kernel/backoff.py);
+  GOING_AWAY, a duplicate or a clean close redial after ``backoff_min``
+  without counting an attempt, a stateless reset at once.
+* **An announcement never replaces a working connection by itself.** An mDNS
+  announcement of the peer (a hint) or its restart notice while the link is up
+  first checks the connection in use (one acknowledged PING within
+  ``[link] liveness_timeout``); only one that does not answer is replaced. At
+  most one such check per :data:`CHECK_INTERVAL` per peer, whatever the
+  announced address. While down, a hint or a notice dials at once.
+* **The waiting side announces its restarts** (actors/links/notices.py): the
+  dialer checks and redials within a round trip instead of at its next packet.
+* **Which pairing**: the hellos carry each side's pairing key id; two different
+  ids (a re-pair one side has not seen decided) fail the connection with
+  PAIRING_MISMATCH at once, and the node resolves the pairing it holds in doubt
+  (``ctx.pairing_mismatch``) instead of looping on undecryptable boxes.
 * **Unpair**: ours goes sealed on the kept (or next) connection and counts as
   delivered when the peer closes with UNPAIRED, or refuses us as
   UNKNOWN_PEER; the peer's is made durable (revoke) before we close with
   UNPAIRED, which is our acknowledgement.
+
+The worker starts by reading its delivery state from the registry (the receive
+mark and the durable sends queued for the peer); messages that arrive before
+that are handled right after it, in order.
 """
 
 from __future__ import annotations
@@ -41,12 +59,15 @@ from quicpair.actors.kernel.loopactor import ActorTimer, LoopActor
 from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.links.choice import LinkConns
 from quicpair.actors.links.conn import LinkConn
-from quicpair.actors.links.dial import SOURCE_HINT, SOURCE_STORED, DialDone, DialLoop
+from quicpair.actors.links.delivery import PeerDelivery
+from quicpair.actors.links.dial import SOURCE_HINT, SOURCE_MDNS, SOURCE_STORED, DialDone, DialLoop, Found
 from quicpair.actors.links.messages import (
     Accepted,
     AddressesChanged,
     Hint,
+    InboxRoom,
     LinkStatus,
+    Notice,
     PeerUnpairedUs,
     RecordChanged,
     SendRequest,
@@ -57,21 +78,22 @@ from quicpair.actors.links.messages import (
     Written,
     tell_or_drop,
 )
-from quicpair.actors.links.outbox import Outbox
-from quicpair.actors.registry.actor import DeviceRecord
+from quicpair.actors.links.notices import NoticeSender
+from quicpair.actors.registry.actor import DeliveryState, DeviceRecord
 from quicpair.actors.transport.events import ConnClosed, ConnData, ConnReset
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol.codes import announced_addresses, dialable_observed
 from quicpair.protocol.errors import (
     ErrorCode,
     LocalProtocolError,
-    PeerUnreachable,
     ProtocolError,
     QuicpairError,
     RemoteProtocolError,
     SealError,
 )
+from quicpair.protocol.keys import key_id
 from quicpair.protocol.link import (
+    AckReceived,
     AddressesReceived,
     AppDataReceived,
     LinkChannel,
@@ -79,21 +101,34 @@ from quicpair.protocol.link import (
     UnpairReceived,
 )
 
-__all__ = ["COMMIT_RETRY", "HINT_PROBE_INTERVAL", "MAX_CONNECTIONS", "UNPAIR_ACK_TIMEOUT", "LinkWorker"]
+__all__ = ["CHECK_INTERVAL", "COMMIT_RETRY", "MAX_CONNECTIONS", "UNPAIR_ACK_TIMEOUT", "LinkWorker"]
 
 #: How long we wait for the peer to acknowledge our LinkUnpair (one fsync and a close).
 UNPAIR_ACK_TIMEOUT = 5.0
 #: Connections one peer may hold with us at once (normally 1; 2 during a duplicate).
 MAX_CONNECTIONS = 4
-#: At most one probe per this many seconds for announcements at the address in use.
-#: Discovery reports a node only when its endpoints or its boot id change, so each
-#: hint is news; this only damps a flapping peer (two quick restarts both count).
-HINT_PROBE_INTERVAL = 1.0
+#: At most one liveness check or announcement-triggered dial per this many seconds per
+#: peer: forged or replayed announcements cost at most that (module docstring).
+CHECK_INTERVAL = 1.0
 #: Retry delay for a just-paired peer that has not committed yet: its commit is one
 #: fsync away (a few ms on a local disk), so a few retries cover it.
 COMMIT_RETRY = 0.05
 
-_NOT_FAULTS = (ErrorCode.NO_ERROR, ErrorCode.GOING_AWAY, ErrorCode.DUPLICATE_CONNECTION)
+_NOT_FAULTS = (
+    ErrorCode.NO_ERROR,
+    ErrorCode.GOING_AWAY,
+    ErrorCode.DUPLICATE_CONNECTION,
+    ErrorCode.PEER_RESTARTED,
+)
+
+
+class _Alive:
+    """The answer to a liveness check of connection ``key``."""
+
+    __slots__ = ("alive", "endpoints", "key", "why")
+
+    def __init__(self, key: int, alive: bool, why: str, endpoints: list[str]) -> None:
+        self.key, self.alive, self.why, self.endpoints = key, alive, why, endpoints
 
 
 class LinkWorker(Supervised, LoopActor):
@@ -105,6 +140,7 @@ class LinkWorker(Supervised, LoopActor):
         self.peer = spec.record.node_id
         self.local = ctx.identity.node_id
         self._record: DeviceRecord = spec.record
+        self._key_id = key_id(spec.record.pairing_id)
         self._dials = spec.dials or spec.forced
         self._forced = spec.forced  # until one forced dial succeeded (see _may_dial)
         self._role = "dialer" if spec.dials else "listener"
@@ -122,42 +158,93 @@ class LinkWorker(Supervised, LoopActor):
             call_later=self.call_later,
             tell=self.actor_ref.tell,
         )
+        self._delivery = PeerDelivery(
+            peer=self.peer,
+            settings=ctx.settings.link,
+            next_seq=ctx.next_send_seq,
+            clock=ctx.clock,
+            wall_clock=ctx.wall_clock,
+            call_later=self.call_later,
+            write=self._write,
+            inbox=ctx.inbox,
+            log=self.log,
+        )
+        self._notices = NoticeSender(
+            local=self.local,
+            peer=self.peer,
+            secret=spec.record.pairing_secret,
+            boot=ctx.boot,
+            port=lambda: ctx.port,
+            call_later=self.call_later,
+            log=self.log,
+            count=lambda: ctx.counters.incr("link.notices_sent"),
+        )
+        self._node_started = spec.node_started
+        self._drop_notice = ctx.settings.testing.drop_restart_notice
+        self._loaded = False
+        self._stash: list[Any] = []
         self._up = False
+        self._sending_on: int | None = None  # the connection the delivery's in-flight sends went on
         self._hints: list[str] = []
-        self._last_probe = float("-inf")
+        self._last_check = float("-inf")
+        self._checking = False
         # 2PC: the initiator commits first, so its first dials may reach the joiner a
         # few ms before the joiner commits and be refused UNKNOWN_PEER. Until then
         # (bounded by the pairing step timeout) such a refusal is retried promptly.
         self._commit_grace = ctx.clock() + ctx.settings.pairing.step_timeout if spec.just_paired else 0.0
-        self._outbox = Outbox(self.peer.fingerprint, self.call_later)
         self._unpair_timer: ActorTimer | None = None
         self._last_status: LinkStatus | None = None
+        self._last_error: str | None = None
+        self._last_up: float | None = None
+        self._up_since: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
     def on_start(self) -> None:
         self._report()
+        self._write("delivery_state", "delivery_state", self.peer)
+
+    def _resume(self, state: DeliveryState) -> None:
+        """The delivery state is read: go, then handle what arrived meanwhile, in order."""
+        self._delivery.resume(state, self._record.pairing_id)
+        self._loaded = True
         if self._unpairing:
             self._begin_unpair()
         elif self._dials:
             self._dial_now("start")
+        if self._node_started and not self._dials and not self._unpairing and not self._drop_notice:
+            observed = [self._record.observed_address] if self._record.observed_address else []
+            self._notices.start([*self._record.addresses, *observed])
+        stash, self._stash = self._stash, []
+        for message in stash:
+            self.on_receive(message)
 
     def on_stop(self) -> None:
-        self._end(ErrorCode.GOING_AWAY, "node shutting down", PeerUnreachable("the node stopped"))
+        self._end(ErrorCode.GOING_AWAY, "node shutting down", "the node stopped")
 
     def on_failure(self, *exc_info: Any) -> None:
         self.log.error("link.worker_crashed", error=repr(exc_info[1] if len(exc_info) > 1 else None))
-        self._end(ErrorCode.INTERNAL_ERROR, "link worker failed", PeerUnreachable("the link worker failed"))
+        self._end(ErrorCode.INTERNAL_ERROR, "link worker failed", "the link worker failed")
 
-    def _end(self, code: ErrorCode, reason: str, error: QuicpairError) -> None:
+    def _end(self, code: ErrorCode, reason: str, why: str) -> None:
         self._dialer.stop()
+        self._notices.stop()
         for conn in self._conns:
             conn.close(code, reason)
-        self._outbox.fail_all(error)
+        self._delivery.end(why)
 
     # -- messages ---------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        if not self._loaded:
+            if isinstance(message, Written) and message.what == "delivery_state":
+                if message.error is not None:
+                    raise QuicpairError(f"could not read the link's delivery state: {message.error}")
+                self._resume(message.result)
+                self._report()
+            else:
+                self._stash.append(message)
+            return None
         if isinstance(message, ConnData):
             self._on_data(message)
         elif isinstance(message, ConnClosed):
@@ -177,6 +264,14 @@ class LinkWorker(Supervised, LoopActor):
             self._on_accepted(message.link)
         elif isinstance(message, Hint):
             self._on_hint(list(message.endpoints))
+        elif isinstance(message, Found):
+            self._on_found(list(message.endpoints))
+        elif isinstance(message, Notice):
+            self._on_notice(message.address)
+        elif isinstance(message, _Alive):
+            self._on_alive(message)
+        elif isinstance(message, InboxRoom):
+            self._delivery.record()
         elif isinstance(message, UnpairRequest):
             self._begin_unpair()
         elif isinstance(message, AddressesChanged):
@@ -194,6 +289,7 @@ class LinkWorker(Supervised, LoopActor):
             peer=self.peer,
             local_is_dialer=local_is_dialer,
             pairing_secret=self._record.pairing_secret,
+            key_id=self._key_id,
             addresses=self.ctx.direct_addresses(),
             rand=self.ctx.rand,
         )
@@ -229,6 +325,7 @@ class LinkWorker(Supervised, LoopActor):
             return
         if message.data and conn.channel is not None:
             conn.feed(message.data)
+            duplicate = False
             while self._conns.get(conn.key) is conn and conn.is_open:
                 try:
                     event = conn.next_event()
@@ -237,37 +334,61 @@ class LinkWorker(Supervised, LoopActor):
                     return
                 if event is None:
                     break
-                self._on_event(conn, event)
+                duplicate = self._on_event(conn, event) or duplicate
+            self._delivery.record()
+            if duplicate and self._delivery.mark:
+                # A payload we had taken came again: our ack was lost with a connection.
+                self._send_ack(self._delivery.mark)
         if message.ended and self._conns.get(conn.key) is conn and self._conns.peer_finished(conn):
             self._check_down(ErrorCode.DUPLICATE_CONNECTION, "retired by the peer", True)
 
-    def _on_event(self, conn: LinkConn, event: Any) -> None:
+    def _on_event(self, conn: LinkConn, event: Any) -> bool:
+        """Act on one channel event; True when it was a payload we had already taken."""
         if isinstance(event, LinkEstablished):
             conn.cancel_timer()
             self.log.debug("link.established", conn=conn.id, dialed=conn.dialed, keys=repr(event.keys))
             if self._unpairing:
                 self._send_unpair(conn)
-                return
+                return False
             assert conn.channel is not None
+            # Each side's first sealed message is its LinkAddresses (PROTOCOL.md 11.2).
             conn.send(conn.channel.send_addresses(self.ctx.direct_addresses()))
             self._resolve()
         elif isinstance(event, AddressesReceived):
             self._authenticated(conn, event.addresses)
         elif isinstance(event, AppDataReceived):
             self._authenticated(conn, None)
+            if not self._delivery.take(event.seq, event.data):
+                return True
             self.ctx.counters.incr("link.messages_received")
-            if self.ctx.inbox is not None:
-                self.ctx.inbox.deliver(self.peer, event.data)
+            if self._delivery.unwritten_overflow:
+                self._protocol_error(
+                    conn, RemoteProtocolError(ErrorCode.PROTOCOL_VIOLATION, "payloads far beyond our acks")
+                )
+        elif isinstance(event, AckReceived):
+            self._authenticated(conn, None)
+            self._delivery.acked(event.upto)
+            self._flush()
         elif isinstance(event, UnpairReceived):
             self._on_peer_unpair(conn)
+        return False
 
     def _protocol_error(self, conn: LinkConn, error: ProtocolError) -> None:
         if isinstance(error, SealError):
             self.ctx.counters.incr("link.messages_rejected")
             self.log.warning("link.message_rejected", conn=conn.id, code=error.code.name, error=str(error))
+        elif error.code is ErrorCode.PAIRING_MISMATCH:
+            self._pairing_mismatch(conn.id, str(error))
         else:
             self.log.warning("link.protocol_error", conn=conn.id, code=error.code.name, error=str(error))
+        self._last_error = f"{error.code.name}: {error}"
         conn.close(error.code, str(error)[:200])
+
+    def _pairing_mismatch(self, conn: str, detail: str) -> None:
+        self.ctx.counters.incr("link.pairing_mismatches")
+        self.log.warning("link.pairing_mismatch", conn=conn, detail=detail)
+        if self.ctx.pairing_mismatch is not None:
+            self.ctx.pairing_mismatch(self.peer)
 
     def _hello_timeout(self, key: int) -> None:
         conn = self._conns.get(key)
@@ -305,9 +426,13 @@ class LinkWorker(Supervised, LoopActor):
             by_peer=message.by_peer,
             reason=message.reason,
         )
+        if message.code.is_fault or message.code is ErrorCode.PEER_RESTARTED:
+            self._last_error = f"{message.code.name}: {message.reason}"
         if self._unpairing and message.by_peer and message.code is ErrorCode.UNPAIRED:
             self._unpair_delivered("the peer closed with UNPAIRED")
             return
+        if message.by_peer and message.code is ErrorCode.PAIRING_MISMATCH:
+            self._pairing_mismatch(conn.id, message.reason)
         if was_kept:
             self._resolve()
         self._check_down(message.code, message.reason, message.by_peer)
@@ -317,6 +442,7 @@ class LinkWorker(Supervised, LoopActor):
         if self._conns.primary is not None or not self._up or self._conns.setting_up():
             return  # still kept, never up, or a connection being set up may take over
         self._up = False
+        self._last_up = self.ctx.wall_clock()
         self.ctx.counters.incr("link.down")
         self.log.info(
             "link.down", code=code.name, reason=reason, by_peer=by_peer, fault=code not in _NOT_FAULTS
@@ -346,6 +472,8 @@ class LinkWorker(Supervised, LoopActor):
 
     def _go_up(self, conn: LinkConn) -> None:
         self._up = True
+        self._up_since = self.ctx.wall_clock()
+        self._notices.stop()
         self._dialer.backoff.succeeded(self.ctx.clock())
         if not self._forced:
             self._dialer.cancel_retry()
@@ -377,17 +505,21 @@ class LinkWorker(Supervised, LoopActor):
     def _ensure_dialing(self, code: ErrorCode) -> None:
         if not self._may_dial() or self._dialer.retry_pending:
             return
-        # Not a fault (the peer went away on purpose, a duplicate): soon, without escalating.
         backoff = self._dialer.backoff
-        delay = backoff.next_delay(self.ctx.clock()) if code not in _NOT_FAULTS else backoff.min_delay
+        if code is ErrorCode.PEER_RESTARTED:
+            self._dial_now("restarted")  # it is back already: its new incarnation answered us
+            return
+        # The peer went away on purpose, a duplicate: soon, without counting an attempt.
+        delay = backoff.min_delay if code in _NOT_FAULTS else backoff.next_delay(self.ctx.clock())
         self._dialer.schedule(delay, code.name, self._dial_now)
 
-    def _dial_now(self, why: str, *, probe: bool = False) -> None:
+    def _dial_now(self, why: str, *, probe: bool = False, extra: list[tuple[str, str]] | None = None) -> None:
         self._dialer.cancel_retry()
         if not (self._may_dial() or (probe and not self._dialer.running and not self._unpaired)):
             return
         candidates = [(a, SOURCE_STORED) for a in self._record.addresses]
         candidates += [(h, SOURCE_HINT) for h in self._hints if h not in self._record.addresses]
+        candidates += extra or []
         self._hints = []
         self._dialer.start(candidates, why)
 
@@ -404,6 +536,7 @@ class LinkWorker(Supervised, LoopActor):
         error = message.error
         code = error.code if isinstance(error, ProtocolError) else None
         self.ctx.counters.incr("link.dials_failed")
+        self._last_error = str(error)
         self.log.info("link.dial_failed", code=None if code is None else code.name, error=str(error))
         if self._unpairing and code is ErrorCode.UNKNOWN_PEER:
             self._unpair_delivered("the peer no longer knows us")
@@ -415,27 +548,72 @@ class LinkWorker(Supervised, LoopActor):
                 delay = self._dialer.backoff.next_delay(now)
             self._dialer.schedule(delay, type(error).__name__, self._dial_now)
 
+    # -- announcements: mDNS hints and restart notices -------------------------------------
+
     def _on_hint(self, endpoints: list[str]) -> None:
         """mDNS saw the peer announce itself (it came up, restarted or moved)."""
-        kept = self._conns.primary
         if not self._dials or self._unpaired:
             return
         self._hints = endpoints  # the next round tries them after the stored addresses
+        self._announced("hint", endpoints)
+
+    def _on_found(self, endpoints: list[str]) -> None:
+        """The background mDNS lookup after a refused round found the peer: dial there now."""
+        new = [e for e in endpoints if e not in self._record.addresses]
+        if not new or not self._may_dial():
+            return
+        self._dial_now("mdns", extra=[(e, SOURCE_MDNS) for e in new])
+
+    def _on_notice(self, address: str) -> None:
+        """The peer says it restarted (its restart notice, verified by the links supervisor)."""
+        self.ctx.counters.incr("link.notices_received")
+        if not self._dials or self._unpaired:
+            return
+        self.log.info("link.notice_received", address=address)
+        if address not in self._hints and address not in self._record.addresses:
+            self._hints = [*self._hints, address]
+        self._announced("notice", [address])
+
+    def _announced(self, why: str, endpoints: list[str]) -> None:
+        """The peer announced itself: dial at once while down; check the connection while up."""
         if self._dialer.running:
             return
-        if kept is None:
-            self._dial_now("hint")
-            return
-        # Up, as far as we know: but a peer that restarted (SIGKILL) or moved leaves
-        # our connection dead until the idle timeout. Probe: a new connection that
-        # answers supersedes the old one without a down; a spurious probe costs one
-        # handshake. Throttled unless the peer announced another address.
         now = self.ctx.clock()
-        if kept.address in endpoints and now - self._last_probe < HINT_PROBE_INTERVAL:
+        if now - self._last_check < CHECK_INTERVAL or self._checking:
+            self.ctx.counters.incr("link.announcements_damped")
             return
-        self._last_probe = now
-        self.log.info("link.probe", endpoints=endpoints, conn=kept.id)
-        self._dial_now("announced", probe=True)
+        self._last_check = now
+        kept = self._conns.primary
+        if kept is None:
+            self._dialer.backoff.reset()  # the peer is back: no reason to wait any more
+            self._dial_now(why)
+            return
+        # Up, as far as we know: but a peer that restarted (SIGKILL) or moved leaves our
+        # connection dead until something tells. One PING tells: a restarted peer answers
+        # it with a stateless reset, a live one with an ACK, a vanished one not at all.
+        self._checking = True
+        self.log.info("link.liveness_check", conn=kept.id, why=why)
+        ref = self.actor_ref
+        check = kept.link.check_alive(self.ctx.settings.link.liveness_timeout)
+        key = kept.key
+
+        def done(fut: asyncio.Future[bool]) -> None:
+            alive = not fut.cancelled() and fut.exception() is None and fut.result()
+            tell_or_drop(ref, _Alive(key, alive, why, endpoints))
+
+        check.add_done_callback(done)
+
+    def _on_alive(self, message: _Alive) -> None:
+        self._checking = False
+        conn = self._conns.get(message.key)
+        if message.alive or conn is None:
+            if conn is not None:
+                self.log.info("link.liveness_ok", conn=conn.id, why=message.why)
+            return  # a working connection is never replaced by an announcement
+        self.ctx.counters.incr("link.liveness_failed")
+        self.log.info("link.liveness_failed", conn=conn.id, why=message.why)
+        conn.close(ErrorCode.TIMEOUT, "no answer to a liveness check")
+        self._dial_now(message.why, probe=True)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -448,21 +626,30 @@ class LinkWorker(Supervised, LoopActor):
                 LocalProtocolError(ErrorCode.UNPAIRED, f"{self.peer.fingerprint} is unpaired")
             )
             return
-        up = self._up and self._conns.primary is not None
-        self._outbox.send(request.payload, future, request.deadline, self._transmit if up else None)
+        self._delivery.submit(request)
+        self._flush()
 
     def _flush(self) -> None:
-        if self._up and self._conns.primary is not None:
-            self._outbox.flush(self._transmit)
+        primary = self._conns.primary
+        if not self._up or primary is None:
+            return
+        if self._sending_on != primary.key:
+            self._delivery.connection_lost()  # a new connection: what was in flight goes again
+            self._sending_on = primary.key
+        sent = self._delivery.transmit(self._transmit)
+        if sent:
+            self.ctx.counters.incr("link.messages_sent", sent)
 
-    def _transmit(self, payload: bytes) -> bool:
+    def _transmit(self, seq: int, payload: bytes) -> bool:
         """Seal and send on the kept connection; False if it died under us (its close is coming)."""
         conn = self._conns.primary
         assert conn is not None and conn.channel is not None
-        if not conn.send(conn.channel.send_app(payload)):
-            return False
-        self.ctx.counters.incr("link.messages_sent")
-        return True
+        return conn.send(conn.channel.send_app(seq, payload))
+
+    def _send_ack(self, mark: int) -> None:
+        conn = self._conns.primary
+        if conn is not None and conn.channel is not None and conn.established and not self._unpairing:
+            conn.send(conn.channel.send_ack(mark))
 
     def _announce(self, addresses: list[str]) -> None:
         for conn in self._conns:
@@ -473,7 +660,8 @@ class LinkWorker(Supervised, LoopActor):
 
     def _begin_unpair(self) -> None:
         self._unpairing = True
-        self._outbox.fail_all(LocalProtocolError(ErrorCode.UNPAIRED, f"{self.peer.fingerprint} was unpaired"))
+        self._notices.stop()
+        self._delivery.end("unpaired")
         sent = False
         for conn in self._conns:
             if conn.established and conn.is_open and not sent and not conn.retiring:
@@ -520,16 +708,14 @@ class LinkWorker(Supervised, LoopActor):
         self._unpaired = True
         self.ctx.counters.incr("link.unpaired_by_peer")
         self.log.info("link.unpair_received", conn=conn.id)
-        self._outbox.fail_all(
-            LocalProtocolError(ErrorCode.UNPAIRED, f"{self.peer.fingerprint} unpaired this node")
-        )
+        self._delivery.end("the peer unpaired this node")
         self._dialer.stop()
         # Durable first: closing with UNPAIRED is our acknowledgement to the peer.
         self._write("revoked", "revoke", self.peer, self.ctx.wall_clock(), False)
 
     # -- registry ---------------------------------------------------------------------------
 
-    def _write(self, what: str, method: str, *args: Any) -> None:
+    def _write(self, what: Any, method: str, *args: Any) -> None:
         registry = self.ctx.registry
         if registry is None:
             self.actor_ref.tell(Written(what, None, RuntimeError("the registry is not running")))
@@ -544,7 +730,14 @@ class LinkWorker(Supervised, LoopActor):
         call_async(registry, method, *args).add_done_callback(done)
 
     def _on_written(self, message: Written) -> None:
-        if message.what == "revoked":
+        what = message.what
+        if isinstance(what, tuple):  # a durable send's queueing or dequeueing
+            self._delivery.written(what, message.result, message.error)
+            return
+        if what == "mark":
+            self._on_mark_written(message)
+            return
+        if what == "revoked":
             if message.error is not None:
                 raise QuicpairError(f"could not revoke the pairing the peer removed: {message.error}")
             self.log.info("link.unpaired", initiated_by="peer", delivered=True)
@@ -553,15 +746,31 @@ class LinkWorker(Supervised, LoopActor):
             self._tell_parent(PeerUnpairedUs(self.peer))
             return
         if message.error is not None:
-            self.log.error("link.registry_failed", what=message.what, error=repr(message.error))
-            if message.what == "unpair_delivered":
+            self.log.error("link.registry_failed", what=what, error=repr(message.error))
+            if what == "unpair_delivered":
                 self._tell_parent(UnpairDelivered(self.peer))
             return
-        if message.what == "unpair_delivered":
+        if what == "unpair_delivered":
             self._tell_parent(UnpairDelivered(self.peer))
-        elif message.what == "record" and isinstance(message.result, DeviceRecord):
+        elif what == "record" and isinstance(message.result, DeviceRecord):
             self._record = message.result
             self._tell_parent(RecordChanged(message.result))
+
+    def _on_mark_written(self, message: Written) -> None:
+        if message.error is not None:
+            # This node cannot record what it takes: it must not acknowledge anything. A
+            # crash closes the connections (the peer sends again on the next) and the links
+            # supervisor restarts us from the registry.
+            self._delivery.mark_written(False)
+            raise QuicpairError(f"could not record the receive mark: {message.error}")
+        mark = self._delivery.mark_written(bool(message.result))
+        if mark is None:
+            # The pairing in use changed under us (a re-pair committed): a new worker
+            # takes over; nothing of this pairing is delivered or acknowledged any more.
+            self.log.info("link.mark_refused", reason="the pairing changed")
+            return
+        self._send_ack(mark)
+        self._delivery.record()
 
     # -- status ---------------------------------------------------------------------------
 
@@ -575,14 +784,25 @@ class LinkWorker(Supervised, LoopActor):
             state = "connecting"
         else:
             state = "down"
+        up = self._up and primary is not None
+        retry_at = self._dialer.retry_at()
+        next_dial = None
+        if retry_at is not None:
+            next_dial = round(self.ctx.wall_clock() + max(retry_at - self.loop.time(), 0.0), 3)
         status = LinkStatus(
             peer=self.peer,
             role=self._role,
             state=state,
-            connection_id=primary.id if primary is not None and self._up else None,
+            connection_id=primary.id if up and primary is not None else None,
             connections=self._conns.open_count(),
-            remote_address=primary.address if primary is not None and self._up else None,
-            dialed_by=(None if primary is None or not self._up else ("local" if primary.dialed else "peer")),
+            remote_address=primary.address if up and primary is not None else None,
+            dialed_by=(None if not up or primary is None else ("local" if primary.dialed else "peer")),
+            last_error=self._last_error,
+            up_since=self._up_since if up else None,
+            last_up=None if up else self._last_up,
+            next_dial=next_dial,
+            in_flight=self._delivery.in_flight,
+            waiting=self._delivery.waiting,
         )
         if status != self._last_status:
             self._last_status = status

@@ -5,11 +5,19 @@ when the code came as a URI that carries it), opens the ONE stream, and runs
 :class:`protocol.pairing.Joiner` on it. The same actor holds the pairing
 to the end, including the rare end where it voted to commit but never heard
 the decision: then it keeps the device PENDING and asks the initiator again
-(:class:`protocol.pairing.Resolver`, on a new connection) until
-``[pairing] resolve_timeout``; the initiator's registry holds the truth.
+(:class:`protocol.pairing.Resolver`, on a new connection) until the initiator
+answers, however long that takes (the initiator's registry holds the truth):
+every :data:`RESOLVE_RETRY` seconds at first, backing off to
+:data:`RESOLVE_RETRY_MAX`, at once on :class:`ResolveNow` (the link saw the
+peer use another pairing than ours: actors/node.py), and again when the node
+next starts. No split brain: the two sides end on the same pairing.
 
 The caller waits on ``result`` (a concurrent Future): the DeviceRecord, or
-``errors.PairingFailed`` / ``errors.PeerUnreachable``.
+``errors.PairingFailed`` / ``errors.PeerUnreachable``. The caller's wait is
+not the session's: after ``[pairing] resolve_timeout`` in doubt, or when the
+caller gives up (:class:`CallerGaveUp`), the caller gets its answer (TIMEOUT:
+"still being resolved") while a session that voted goes on resolving; one
+that has not voted yet stops, and the pairing is aborted.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 import pykka
 
 from quicpair.actors.context import NodeContext
+from quicpair.actors.kernel.backoff import Backoff
 from quicpair.actors.kernel.loopactor import ActorTimer
 from quicpair.actors.pairing.device import Device
 from quicpair.actors.pairing.session import PairingSessionBase
@@ -46,10 +55,23 @@ from quicpair.protocol.pairing import (
     Resolver,
 )
 
-__all__ = ["JoinerSession"]
+__all__ = ["RESOLVE_RETRY", "RESOLVE_RETRY_MAX", "CallerGaveUp", "JoinerSession", "ResolveNow"]
 
-#: Between two PairResolve attempts while in doubt (the initiator may be restarting).
+#: Between two PairResolve attempts while in doubt (the initiator may be restarting), at first...
 RESOLVE_RETRY = 1.0
+#: ... backing off to this (Akka's formula, actors/kernel/backoff.py): an initiator that is
+#: down for a day is asked once a minute, not 86,400 times.
+RESOLVE_RETRY_MAX = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveNow:
+    """Ask the initiator about our pairing in doubt now (the link saw it use another pairing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallerGaveUp:
+    """``Node.join``'s wait ended: abort if we have not voted; keep resolving if we have."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +114,8 @@ class JoinerSession(PairingSessionBase):
         self._sas: tuple[str, ...] = ()
         self._resume = resume
         self._voted = resume is not None
+        self._dialing = False
+        self._resolve_backoff = Backoff(RESOLVE_RETRY, RESOLVE_RETRY_MAX, 0.2, 1e9)
 
     # -- connecting --------------------------------------------------------------
 
@@ -104,9 +128,11 @@ class JoinerSession(PairingSessionBase):
             self._keys_secret = self._in_doubt = (record.pairing_id, record.pairing_secret)
             self._resolve_until = self.ctx.clock() + self.ctx.settings.pairing.resolve_timeout
             self.ctx.counters.incr("pair.in_doubt.joiner")
+            self._register_resolver()
         self._dial(self._addresses, self._expect)
 
     def _dial(self, addresses: list[tuple[str, int]], expect: NodeId | None) -> None:
+        self._dialing = True
         ref = self.actor_ref
         ctx = self.ctx
         timeout = ctx.settings.pairing.step_timeout
@@ -145,9 +171,23 @@ class JoinerSession(PairingSessionBase):
         if isinstance(message, _Dialed):
             self._on_dialed(message)
             return None
+        if isinstance(message, ResolveNow):
+            if self._in_doubt is not None and self._retry_timer is not None:
+                self._retry_timer.cancel()  # waiting for the next try: try now
+                self._retry_timer = None
+                self._resolve_backoff.reset()
+                self.log.info("pairing.resolve_now")
+                self._redial(self._resolve_targets(), self._peer_or_expected())
+            return None
+        if isinstance(message, CallerGaveUp):
+            if not self._voted:
+                # Before our vote: abort the pairing with the initiator, store nothing.
+                self.stop()
+            return None
         return super().on_other(message)
 
     def _on_dialed(self, message: _Dialed) -> None:
+        self._dialing = False
         if message.link is None:
             if self._in_doubt is not None:
                 self._retry_resolve()
@@ -243,6 +283,7 @@ class JoinerSession(PairingSessionBase):
         elif isinstance(event, PairingResolved):
             self.log.info("pairing.resolved", committed=event.committed)
             self._in_doubt = None
+            self._unregister_resolver()
             if event.committed:
                 self._commit(event.pairing_id)
                 self.ctx.counters.incr("pair.completed.joiner")
@@ -267,35 +308,56 @@ class JoinerSession(PairingSessionBase):
             self.ctx.counters.incr("pair.in_doubt.joiner")
             self._resolve_until = self.ctx.clock() + self.ctx.settings.pairing.resolve_timeout
             self.log.warning("pairing.in_doubt", resolve_timeout=self.ctx.settings.pairing.resolve_timeout)
+            self._register_resolver()
 
     def connection_done(self) -> None:
-        if self._in_doubt is not None and not self.result.done():
+        if self._in_doubt is not None:  # even when the caller has its answer already
             self._retry_resolve()
         else:
             self.stop()
 
     def _retry_resolve(self) -> None:
-        if self._retry_timer is not None and not self._retry_timer.cancelled():
+        if (self._retry_timer is not None and not self._retry_timer.cancelled()) or self._dialing:
             return
-        if self.ctx.clock() >= self._resolve_until:
-            self.log.warning("pairing.unresolved")
+        now = self.ctx.clock()
+        if now >= self._resolve_until and not self.result.done():
+            # The caller's wait ends here; the resolution does not (module docstring).
+            self.log.warning("pairing.unresolved", still_resolving=True)
             self._settle_error(
                 errors.PairingFailed(
                     ErrorCode.TIMEOUT,
-                    "the initiator did not answer in time; the device stays pending and is asked "
-                    "about again when this node next starts",
+                    "the other device did not say whether it kept the pairing; this device keeps asking "
+                    "it (now, at every contact, and after a restart) and ends on the same pairing",
                 )
             )
-            self.stop()
-            return
-        assert self._address is not None and self._peer is not None
-        # Where it answered last, then every address it gave us.
-        targets = [self._address, *(a for a in self._addresses if a != self._address)]
-        self._retry_timer = self.call_later(RESOLVE_RETRY, self._redial, targets, self._peer)
+        delay = self._resolve_backoff.next_delay(now)
+        self.log.info("pairing.resolve_retry", delay=round(delay, 3))
+        self._retry_timer = self.call_later(
+            delay, self._redial, self._resolve_targets(), self._peer_or_expected()
+        )
 
-    def _redial(self, addresses: list[tuple[str, int]], peer: NodeId) -> None:
+    def _resolve_targets(self) -> list[tuple[str, int]]:
+        # Where it answered last, then every address it gave us.
+        first = [self._address] if self._address is not None else []
+        return [*first, *(a for a in self._addresses if a not in first)]
+
+    def _peer_or_expected(self) -> NodeId | None:
+        return self._peer if self._peer is not None else self._expect
+
+    def _redial(self, addresses: list[tuple[str, int]], peer: NodeId | None) -> None:
         self._retry_timer = None
-        self._dial(addresses, peer)
+        if not self._dialing:
+            self._dial(addresses, peer)
+
+    def _register_resolver(self) -> None:
+        peer = self._peer_or_expected()
+        if peer is not None:
+            self.ctx.resolvers[peer] = self.actor_ref
+
+    def _unregister_resolver(self) -> None:
+        for peer, ref in list(self.ctx.resolvers.items()):
+            if ref is self.actor_ref:
+                del self.ctx.resolvers[peer]
 
     # -- durable writes ----------------------------------------------------------
 
@@ -327,12 +389,14 @@ class JoinerSession(PairingSessionBase):
     # -- lifecycle -----------------------------------------------------------------
 
     def on_stop(self) -> None:
+        self._unregister_resolver()
         if self._task is not None:
             self._task.cancel()
         super().on_stop()
         self._settle_error(errors.PairingFailed(ErrorCode.GOING_AWAY, "the node stopped during the pairing"))
 
     def crashed(self, exc: BaseException | None) -> None:
+        self._unregister_resolver()
         if self._task is not None:
             self._task.cancel()
         self._settle_error(errors.PairingFailed(ErrorCode.INTERNAL_ERROR, f"pairing session failed: {exc!r}"))

@@ -70,7 +70,12 @@ class ListenerActor(Supervised, LoopActor):
                     admit=self._admit,
                     on_connection=self._on_connection,
                     idle_timeout=ctx.settings.link.idle_timeout,
-                    keepalive_interval=ctx.settings.link.keepalive_interval,
+                    # The dialing side of a link sends the keep-alive PINGs; accepted
+                    # connections (links and pairings alike) send none of their own.
+                    keepalive_interval=None,
+                    dead_after_ptos=ctx.settings.link.dead_after_ptos,
+                    reset_key=ctx.reset_key,
+                    on_notice=self._on_notice,
                 )
             except errors.QuicpairError as exc:
                 if not ctx.bound.done():
@@ -78,6 +83,7 @@ class ListenerActor(Supervised, LoopActor):
                 ref.tell(_BindFailed(exc))
                 return
             address = self._listener.address
+            ctx.port = self._listener
             self.log.info("listener.bound", host=address[0], port=address[1])
             if not ctx.bound.done():
                 ctx.bound.set_result(address)
@@ -90,6 +96,8 @@ class ListenerActor(Supervised, LoopActor):
         if self._expiry is not None:
             self._expiry.cancel()
         if self._listener is not None:
+            if self.ctx.port is self._listener:
+                self.ctx.port = None
             # GOING_AWAY: peers must not treat our shutdown as a fault (DESIGN.md).
             self._listener.close(ErrorCode.GOING_AWAY, "node shutting down")
             self.log.info("listener.closed")
@@ -174,6 +182,11 @@ class ListenerActor(Supervised, LoopActor):
             return ErrorCode.BUSY
         verdict: ErrorCode | None = links.admit(peer)
         return verdict
+
+    def _on_notice(self, datagram: bytes, addr: Any) -> None:
+        links = self.ctx.links
+        if links is not None:
+            links.notice(datagram, addr)
 
     def _on_connection(self, link: QuicLink) -> None:
         if link.alpn == ALPN_PAIR:

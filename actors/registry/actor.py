@@ -34,8 +34,10 @@ from quicpair.actors.registry.store import (
     APPLICATION_ID,
     MAX_OBSERVED_ADDRESSES,
     SCHEMA_VERSION,
+    DeliveryState,
     DeviceRecord,
     DeviceState,
+    QueuedMessage,
     RegistryStore,
 )
 from quicpair.protocol.errors import RegistryError
@@ -46,8 +48,10 @@ __all__ = [
     "DEFAULT_OPEN_TIMEOUT",
     "MAX_OBSERVED_ADDRESSES",
     "SCHEMA_VERSION",
+    "DeliveryState",
     "DeviceRecord",
     "DeviceState",
+    "QueuedMessage",
     "RegistryActor",
     "RegistryError",
     "RegistryStore",
@@ -177,3 +181,18 @@ class RegistryActor(pykka.ThreadingActor):
 
     def list(self, states: Iterable[DeviceState] | None = None) -> _Records:
         return self._ready().list(states)
+
+    def set_receive_mark(self, node_id: NodeId, pairing_id: bytes, mark: int) -> bool:
+        return self._ready().set_receive_mark(node_id, pairing_id, mark)
+
+    def enqueue(self, message: QueuedMessage) -> None:
+        self._ready().enqueue(message)
+
+    def dequeue(self, node_id: NodeId, upto: int) -> int:
+        return self._ready().dequeue(node_id, upto)
+
+    def queued(self, node_id: NodeId | None = None) -> builtins.list[QueuedMessage]:
+        return self._ready().queued(node_id)
+
+    def delivery_state(self, node_id: NodeId) -> DeliveryState:
+        return self._ready().delivery_state(node_id)

@@ -21,6 +21,8 @@ Schema history (:data:`MIGRATIONS`):
    whose record must survive until that pairing commits (a re-pair of a confirmed
    device, or of one we still owe an unpair). Same columns as ``device``; at most one
    per device; deleted with the device row (``ON DELETE CASCADE``).
+3. Acknowledged delivery: ``receive_mark`` (per device, deleted with its row),
+   ``outbox`` (queued sends) and ``node_state`` (the send epoch).
 """
 
 from __future__ import annotations
@@ -123,6 +125,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         _pairing_id_is_new("pending_pairing", "device"),
         _pairing_id_is_new("device", "pending_pairing"),
     ),
+    (
+        # Acknowledged delivery (docs/LINKS.md "Sends"). The highest delivery number taken
+        # from the peer under the device's pairing in use: a new pairing (the device row
+        # replaced) starts again at 0.
+        """CREATE TABLE receive_mark (
+            node_id BLOB NOT NULL PRIMARY KEY REFERENCES device (node_id) ON DELETE CASCADE,
+            mark INTEGER NOT NULL CHECK (mark >= 0)
+        ) WITHOUT ROWID""",
+        # Sends queued durably (Node.send(queue=True)) until the peer acknowledges them. Not
+        # tied to one pairing: a re-pair keeps them; an unpair drops them.
+        """CREATE TABLE outbox (
+            node_id BLOB NOT NULL CHECK (typeof(node_id) = 'blob' AND length(node_id) = 32),
+            seq INTEGER NOT NULL CHECK (seq >= 0),
+            payload BLOB NOT NULL CHECK (typeof(payload) = 'blob'),
+            queued_at REAL NOT NULL,
+            PRIMARY KEY (node_id, seq)
+        ) WITHOUT ROWID""",
+        # Node-wide counters; 'send_epoch' is raised at every start, so delivery numbers of
+        # a run never repeat those of an earlier run (protocol/delivery.py).
+        """CREATE TABLE node_state (
+            key TEXT NOT NULL PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -137,6 +163,9 @@ _REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
     "address": frozenset(("node_id", "address", "last_worked", "source", "rank")),
     "pending_pairing": frozenset(DEVICE_COLUMNS),
     "pending_address": frozenset(("node_id", "address", "rank")),
+    "receive_mark": frozenset(("node_id", "mark")),
+    "outbox": frozenset(("node_id", "seq", "payload", "queued_at")),
+    "node_state": frozenset(("key", "value")),
 }
 
 

@@ -36,6 +36,12 @@ apart, in ``pending_pairing``, while the old record stays in use:
 ``remove``              the device, and any pairing with it stored apart.
 ======================  =========================================================
 
+**Acknowledged delivery** (protocol/delivery.py) keeps three things here: the node's
+send epoch (:meth:`~RegistryStore.next_send_epoch`, raised once per start), per device
+the receive mark of its pairing in use (deleted with the device row, so a new pairing
+starts at 0), and the durably queued sends (``outbox``: they outlive a re-pair, an
+unpair drops them).
+
 Why a REVOKED record we still owe an unpair survives a new pairing: the unpair can
 only be delivered over a link keyed by the *old* pairing secret, which the peer still
 holds until it learns of the unpair; if the new pairing then failed with that record
@@ -72,8 +78,10 @@ __all__ = [
     "APPLICATION_ID",
     "MAX_OBSERVED_ADDRESSES",
     "SCHEMA_VERSION",
+    "DeliveryState",
     "DeviceRecord",
     "DeviceState",
+    "QueuedMessage",
     "RegistryStore",
 ]
 
@@ -145,6 +153,33 @@ class DeviceRecord:
             f"unpair_pending={self.unpair_pending}, paired_at={self.paired_at}, "
             f"updated_at={self.updated_at})"
         )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class QueuedMessage:
+    """A send queued durably (``Node.send(..., queue=True)``), waiting for the peer's ack."""
+
+    #: The destination.
+    node_id: NodeId
+    #: Its delivery number (protocol/delivery.py), kept across restarts.
+    seq: int
+    #: The payload.
+    payload: bytes
+    #: When it was queued (caller's clock).
+    queued_at: float
+
+    def __repr__(self) -> str:
+        return f"QueuedMessage(node={self.node_id.fingerprint}, seq={self.seq}, {len(self.payload)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """What a link worker resumes from: its receive mark and the sends queued for its peer."""
+
+    #: The highest delivery number taken from the peer under the pairing in use.
+    receive_mark: int
+    #: Queued sends for the peer, by delivery number.
+    queued: tuple[QueuedMessage, ...]
 
 
 def _unique(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -393,11 +428,13 @@ class RegistryStore:
 
         A new pairing stored apart is left to its session: a joiner that voted must follow
         the initiator's decision (2PC), and if it commits it replaces the revoked record."""
-        return self._change(
-            "revoke",
-            "UPDATE device SET state = 'revoked', unpair_pending = ?, updated_at = ? WHERE node_id = ?",
-            (int(notify_peer), now, node_id.raw),
-        )
+        with self._transaction("revoke") as conn:
+            conn.execute("DELETE FROM outbox WHERE node_id = ?", (node_id.raw,))  # never sent now
+            cursor = conn.execute(
+                "UPDATE device SET state = 'revoked', unpair_pending = ?, updated_at = ? WHERE node_id = ?",
+                (int(notify_peer), now, node_id.raw),
+            )
+            return cursor.rowcount == 1
 
     def mark_unpair_delivered(self, node_id: NodeId) -> bool:
         """The revoked device has been told; nothing more to deliver."""
@@ -409,8 +446,69 @@ class RegistryStore:
 
     def remove(self, node_id: NodeId) -> bool:
         """Erase the device and its addresses, whatever its state, and any pairing with it
-        stored apart (cascade)."""
-        return self._change("remove", "DELETE FROM device WHERE node_id = ?", (node_id.raw,))
+        stored apart (cascade), and the sends queued for it."""
+        with self._transaction("remove") as conn:
+            conn.execute("DELETE FROM outbox WHERE node_id = ?", (node_id.raw,))
+            return conn.execute("DELETE FROM device WHERE node_id = ?", (node_id.raw,)).rowcount == 1
+
+    # -- acknowledged delivery ------------------------------------------------------
+
+    def next_send_epoch(self) -> int:
+        """Raise the node's send epoch and return it: called once per start (protocol/delivery.py)."""
+        with self._transaction("next_send_epoch") as conn:
+            conn.execute(
+                "INSERT INTO node_state (key, value) VALUES ('send_epoch', 1) "
+                "ON CONFLICT (key) DO UPDATE SET value = value + 1"
+            )
+            row = conn.execute("SELECT value FROM node_state WHERE key = 'send_epoch'").fetchone()
+            return int(row[0])
+
+    def set_receive_mark(self, node_id: NodeId, pairing_id: bytes, mark: int) -> bool:
+        """Record that every delivery number up to ``mark`` was taken from the device (it only
+        grows). False when ``pairing_id`` is no longer the device's pairing in use: a mark
+        of another pairing never carries over."""
+        with self._transaction("set_receive_mark") as conn:
+            row = conn.execute(
+                "SELECT 1 FROM device WHERE node_id = ? AND pairing_id = ?", (node_id.raw, pairing_id)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "INSERT INTO receive_mark (node_id, mark) VALUES (?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET mark = max(mark, excluded.mark)",
+                (node_id.raw, mark),
+            )
+            return True
+
+    def enqueue(self, message: QueuedMessage) -> None:
+        """Queue a send durably (one transaction): it survives restarts until :meth:`dequeue`."""
+        with self._transaction("enqueue") as conn:
+            conn.execute(
+                "INSERT INTO outbox (node_id, seq, payload, queued_at) VALUES (?, ?, ?, ?)",
+                (message.node_id.raw, message.seq, message.payload, message.queued_at),
+            )
+
+    def dequeue(self, node_id: NodeId, upto: int) -> int:
+        """The device acknowledged everything up to ``upto``: drop those queued sends; how many."""
+        with self._transaction("dequeue") as conn:
+            return conn.execute(
+                "DELETE FROM outbox WHERE node_id = ? AND seq <= ?", (node_id.raw, upto)
+            ).rowcount
+
+    def queued(self, node_id: NodeId | None = None) -> builtins.list[QueuedMessage]:
+        """Queued sends, of one device or all, by device then delivery number."""
+        where, params = ("WHERE node_id = ?", (node_id.raw,)) if node_id is not None else ("", ())
+        with self._guard("queued") as conn:
+            rows = conn.execute(
+                f"SELECT node_id, seq, payload, queued_at FROM outbox {where} ORDER BY node_id, seq", params
+            ).fetchall()
+        return [QueuedMessage(NodeId(bytes(r[0])), int(r[1]), bytes(r[2]), float(r[3])) for r in rows]
+
+    def delivery_state(self, node_id: NodeId) -> DeliveryState:
+        """The receive mark of the device's pairing in use, and its queued sends (for a link worker)."""
+        with self._guard("delivery_state") as conn:
+            row = conn.execute("SELECT mark FROM receive_mark WHERE node_id = ?", (node_id.raw,)).fetchone()
+        return DeliveryState(receive_mark=int(row[0]) if row else 0, queued=tuple(self.queued(node_id)))
 
     # -- queries ----------------------------------------------------------------
 

@@ -82,10 +82,14 @@ async def dial(
     timeout: float = 10.0,
     idle_timeout: float = 30.0,
     keepalive_interval: float | None = None,
+    dead_after_ptos: int | None = None,
+    reset_key: bytes | None = None,
 ) -> QuicLink:
     """Connect to ``host:port`` as ``identity``; return the link once the listener admitted us.
 
-    ``expect`` pins the peer's NodeId. Raises PeerUnreachable (no answer
+    ``expect`` pins the peer's NodeId; ``keepalive_interval`` and
+    ``dead_after_ptos`` are the QuicLink's; ``reset_key`` derives the stateless
+    reset tokens of our connection ids. Raises PeerUnreachable (no answer
     within ``timeout``, port closed, bad address), RemoteProtocolError with
     IDENTITY_MISMATCH (the peer is not ``expect``, or not a quicpair node, or
     refused our certificate), or RemoteProtocolError with the listener's code
@@ -110,13 +114,15 @@ async def dial(
     )
     owner = _Dial(socket)
     link = QuicLink(
-        PinnedQuicConnection(configuration=config, expect=expect),
+        PinnedQuicConnection(configuration=config, expect=expect, reset_key=reset_key),
         owner,
         is_dialer=True,
         local_address=sockaddr(local),
         remote_address=sockaddr(remote),
         handshake_timeout=max(deadline - loop.time(), 0.001),
+        handshake_budget=timeout,
         keepalive_interval=keepalive_interval,
+        dead_after_ptos=dead_after_ptos,
     )
     socket.on_datagram = link._datagram_received
     socket.on_error = link._socket_error

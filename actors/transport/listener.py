@@ -31,6 +31,20 @@ Initial packets:
   and beyond that many *validated* handshakes its Initials are dropped
   (``Listener.throttled`` counts them). One host alone therefore cannot fill
   the table, spoofing or not.
+
+Two more kinds of datagram arrive on the port:
+
+- A short-header packet for a connection id we do not know: the connection
+  of an earlier incarnation of this node (it restarted) or a forgotten one.
+  With a ``reset_key`` the listener answers with a stateless reset (RFC 9000
+  10.3): the token of that connection id, derived from the node's static key,
+  so the peer drops the dead connection at its first packet instead of after
+  its idle timeout. Each reset is smaller than the packet it answers (no
+  loops, 10.3.3) and they are rate-limited (:data:`RESET_RATE`): a flood of
+  junk buys at most that many small packets a second.
+- A restart notice from a paired node (protocol/notice.py): its first byte has
+  the QUIC fixed bit clear, so it is never a QUIC packet; it goes to
+  ``on_notice(datagram, addr)`` before any QUIC parsing.
 """
 
 from __future__ import annotations
@@ -64,8 +78,21 @@ from quicpair.actors.transport.tls import PinnedQuicConnection, quic_configurati
 from quicpair.actors.transport.udp import UdpSocket, check_timers, sockaddr
 from quicpair.protocol.errors import ConfigError, ErrorCode, QuicpairError
 from quicpair.protocol.identity import Identity, NodeId
+from quicpair.protocol.keys import RESET_TOKEN_SIZE, stateless_reset_token
+from quicpair.protocol.notice import is_notice
 
-__all__ = ["MAX_HANDSHAKES_PER_SOURCE", "Admit", "Listener", "listen"]
+__all__ = ["MAX_HANDSHAKES_PER_SOURCE", "RESET_BURST", "RESET_RATE", "Admit", "Listener", "listen"]
+
+#: Stateless resets sent per second at most, after a burst of RESET_BURST: a restarted node
+#: answers each peer's first packet or two; more is junk or an attack, and is ignored.
+RESET_RATE = 20.0
+RESET_BURST = 40
+#: A reset must be smaller than the packet it answers (RFC 9000 10.3.3) and at least 21
+#: bytes; 43 is the size RFC 9000 10.3 suggests to look like any short-header packet.
+_RESET_SIZE = 43
+_MIN_RESET = 21
+#: ``on_notice(datagram, addr)``: a restart notice arrived (not checked yet).
+OnNotice = Callable[[bytes, Any], None]
 
 #: ``admit(peer, alpn)``: None lets the connection in, an ErrorCode refuses it with that code.
 Admit = Callable[[NodeId, str], ErrorCode | None]
@@ -115,6 +142,9 @@ class Listener:
         max_connections: int,
         retry_threshold: int | None = None,
         max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
+        dead_after_ptos: int | None = None,
+        reset_key: bytes | None = None,
+        on_notice: OnNotice | None = None,
     ) -> None:
         assert socket.transport is not None
         self._socket = socket
@@ -124,6 +154,11 @@ class Listener:
         self._on_connection = on_connection
         self._handshake_timeout = handshake_timeout
         self._keepalive_interval = keepalive_interval
+        self._dead_after_ptos = dead_after_ptos
+        self._reset_key = reset_key
+        self._on_notice = on_notice
+        self._reset_tokens = float(RESET_BURST)
+        self._reset_refilled = 0.0
         self._max_connections = max_connections
         self._retry_threshold = max_connections // 2 if retry_threshold is None else retry_threshold
         self._per_source = max_handshakes_per_source
@@ -143,6 +178,8 @@ class Listener:
         self.retries = 0
         #: Initials dropped because their source already holds its share of handshakes.
         self.throttled = 0
+        #: Stateless resets sent (packets for connections we do not know).
+        self.resets = 0
         self._log = get_logger(listener=f"{self.address[0]}:{self.address[1]}")
         socket.on_datagram = self._datagram_received
 
@@ -213,7 +250,16 @@ class Listener:
 
     # -- demultiplexing -------------------------------------------------------
 
+    def send_to(self, data: bytes, addr: Any) -> None:
+        """Send one datagram from the listening port (a restart notice: it must come from here)."""
+        if not self._closed:
+            self._transport.sendto(data, addr)
+
     def _datagram_received(self, data: bytes, addr: Any) -> None:
+        if is_notice(data):
+            if self._on_notice is not None:
+                self._on_notice(data, addr)
+            return
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=self._config.connection_id_length)
         except ValueError:
@@ -236,6 +282,9 @@ class Listener:
             self._transport.sendto(packet, addr)
             return
         link = self._by_cid.get(header.destination_cid)
+        if link is None and header.packet_type == QuicPacketType.ONE_RTT:
+            self._stateless_reset(header.destination_cid, len(data), addr)
+            return
         if link is None:
             # Only a full-size Initial may create state (RFC 9000 14.1: anti-amplification).
             if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
@@ -246,6 +295,24 @@ class Listener:
             if link is None:
                 return
         link._datagram_received(data, addr)
+
+    def _stateless_reset(self, cid: bytes, size: int, addr: Any) -> None:
+        """Answer a packet for a connection we do not know with its stateless reset (RFC 9000 10.3)."""
+        if self._reset_key is None or self._closed or size - 1 < _MIN_RESET:
+            return
+        now = self._loop_time()
+        self._reset_tokens = min(
+            float(RESET_BURST), self._reset_tokens + (now - self._reset_refilled) * RESET_RATE
+        )
+        self._reset_refilled = now
+        if self._reset_tokens < 1.0:
+            return
+        self._reset_tokens -= 1.0
+        length = min(_RESET_SIZE, size - 1)  # smaller than what it answers: no reset loops
+        head = bytearray(os.urandom(length - RESET_TOKEN_SIZE))
+        head[0] = 0x40 | (head[0] & 0x3F)  # looks like a short header: 0b01xxxxxx
+        self._transport.sendto(bytes(head) + stateless_reset_token(self._reset_key, cid), addr)
+        self.resets += 1
 
     def _new_connection(self, header: QuicHeader, addr: Any) -> QuicLink | None:
         """The link for a full-size Initial without state, or None (Retry sent, or dropped)."""
@@ -284,6 +351,7 @@ class Listener:
             return None
         quic = PinnedQuicConnection(
             configuration=self._config,
+            reset_key=self._reset_key,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
         )
@@ -295,6 +363,7 @@ class Listener:
             remote_address=sockaddr(addr),
             handshake_timeout=self._handshake_timeout,
             keepalive_interval=self._keepalive_interval,
+            dead_after_ptos=self._dead_after_ptos,
         )
         self._links.add(link)
         self._handshakes[link] = (source, validated)
@@ -342,6 +411,9 @@ async def listen(
     max_connections: int = 256,
     retry_threshold: int | None = None,
     max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
+    dead_after_ptos: int | None = None,
+    reset_key: bytes | None = None,
+    on_notice: OnNotice | None = None,
 ) -> Listener:
     """Accept connections on ``host:port`` (port 0: any free port, see ``Listener.address``).
 
@@ -353,7 +425,9 @@ async def listen(
     Floods of Initials are contained (see the module docstring): Retry is
     required while ``retry_threshold`` handshakes are in progress (None: half
     of ``max_connections``; 0: always), and one IP address holds at most
-    ``max_handshakes_per_source`` handshakes.
+    ``max_handshakes_per_source`` handshakes. With ``reset_key``, packets for
+    unknown connections get a stateless reset; restart notices go to ``on_notice``
+    (see the module docstring).
     """
     check_timers(idle_timeout, keepalive_interval, handshake_timeout)
     if not alpns:
@@ -380,6 +454,9 @@ async def listen(
         max_connections=max_connections,
         retry_threshold=retry_threshold,
         max_handshakes_per_source=max_handshakes_per_source,
+        dead_after_ptos=dead_after_ptos,
+        reset_key=reset_key,
+        on_notice=on_notice,
     )
     listener._log.debug("quic.listening", alpns=alpns)
     return listener

@@ -20,6 +20,14 @@ link's loop:
   (measured: one packet instead of two, DESIGN.md "Actors").
 - Misuse (sending on a closed link or an unknown stream) raises
   LocalProtocolError; no aioquic exception leaves this module.
+
+A dead peer is noticed three ways, the first that applies: its stateless
+reset (RFC 9000 10.3, the peer restarted and lost the connection: closed at
+once with PEER_RESTARTED), ``dead_after_ptos`` probe timeouts in a row with
+our packets unacknowledged (RFC 9002 6.2: closed with TIMEOUT, the peer is
+gone; this is seconds, not the idle timeout), or the QUIC idle timeout.
+:meth:`QuicLink.check_alive` asks the peer for one acknowledged PING, to tell
+a working connection from a dead one before replacing it.
 """
 
 from __future__ import annotations
@@ -104,6 +112,8 @@ class QuicLink:
         remote_address: Address,
         handshake_timeout: float,
         keepalive_interval: float | None,
+        dead_after_ptos: int | None = None,
+        handshake_budget: float | None = None,
     ) -> None:
         self._quic = quic
         self._owner = owner
@@ -137,7 +147,12 @@ class QuicLink:
         self._keepalive_interval = keepalive_interval
         self._keepalive: asyncio.TimerHandle | None = None
         self._ping_ids = itertools.count()
+        self._dead_after_ptos = dead_after_ptos
+        #: PING uid -> whoever waits for its acknowledgement (check_alive).
+        self._alive_checks: dict[int, asyncio.Future[bool]] = {}
         self._handshake_timeout = handshake_timeout
+        #: What a failed handshake reports as its bound: the whole dial's, if it was given.
+        self._handshake_budget = handshake_budget if handshake_budget is not None else handshake_timeout
         self._handshake_timer: asyncio.TimerHandle | None = self._loop.call_later(
             handshake_timeout, self._handshake_timed_out
         )
@@ -231,6 +246,39 @@ class QuicLink:
         self._flush()
         self._finish(code, reason, by_peer=False)
 
+    def set_keepalive(self, interval: float | None) -> None:
+        """PING every ``interval`` seconds while open (None: never); one side of a link is enough."""
+        self._keepalive_interval = interval
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if interval is not None and self._state is _State.OPEN:
+            self._keepalive = self._loop.call_later(interval, self._keepalive_tick)
+
+    def check_alive(self, timeout: float) -> asyncio.Future[bool]:
+        """Send one PING; the future says True once the peer acknowledged it, False after ``timeout``.
+
+        False too if the link closes meanwhile (a stateless reset answers a
+        restarted peer's PING at once). Costs one small packet each way.
+        """
+        result: asyncio.Future[bool] = self._loop.create_future()
+        if self._state is not _State.OPEN:
+            result.set_result(False)
+            return result
+        uid = next(self._ping_ids)
+        self._alive_checks[uid] = result
+        self._quic.send_ping(uid)
+        self._transmit_soon()
+
+        def expire() -> None:
+            self._alive_checks.pop(uid, None)
+            if not result.done():
+                result.set_result(False)
+
+        handle = self._loop.call_later(timeout, expire)
+        result.add_done_callback(lambda _: handle.cancel())
+        return result
+
     async def wait_closed(self) -> None:
         """Wait until the link is closed and its resources (socket, timers) released."""
         await asyncio.shield(self._done)
@@ -244,6 +292,11 @@ class QuicLink:
     def _datagram_received(self, data: bytes, addr: Any) -> None:
         if self._released:
             return
+        if self._state is _State.OPEN and self._quic.is_stateless_reset(data):
+            # RFC 9000 10.3.1: the peer no longer knows this connection (it restarted).
+            # Draining: nothing more is sent on it.
+            self._finish(ErrorCode.PEER_RESTARTED, "stateless reset: the peer restarted", by_peer=True)
+            return
         self._quic.receive_datagram(data, addr, now=self._loop.time())
         self._process()
         # Deliver now, transmit next tick: whatever the handler schedules for
@@ -255,7 +308,7 @@ class QuicLink:
     def _socket_error(self, exc: Exception) -> None:
         # ICMP port unreachable on our connected socket: nobody listens there.
         if self._state is _State.HANDSHAKING:
-            self._fail(PeerUnreachable(f"{self._where()} refused the connection ({exc})"), None)
+            self._fail(PeerUnreachable(f"{self._where()} refused the connection ({exc})", refused=True), None)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -265,6 +318,16 @@ class QuicLink:
             return
         self._quic.handle_timer(now=now)
         self._process()
+        dead_after = self._dead_after_ptos
+        if self._state is _State.OPEN and dead_after is not None and self._quic.probe_timeouts >= dead_after:
+            # RFC 9002 6.2: that many probes in a row unanswered. The peer is gone (a
+            # vanished host, a cable out); waiting for the idle timeout would only delay it.
+            self._quic.close(error_code=int(ErrorCode.TIMEOUT), reason_phrase="no answer")
+            self._flush()
+            self._finish(
+                ErrorCode.TIMEOUT, f"the peer stopped answering ({dead_after} probe timeouts)", by_peer=False
+            )
+            return
         self._drain()
         self._flush()
 
@@ -327,6 +390,10 @@ class QuicLink:
             self._streams.add(sid)
             code = _known_code(event.error_code)
             self._post(lambda h: h.stream_reset(sid, code))
+        elif isinstance(event, events.PingAcknowledged):
+            waiter = self._alive_checks.pop(event.uid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(True)
         elif isinstance(event, events.HandshakeCompleted):
             self._handshake_completed(event)
         elif isinstance(event, events.ConnectionIdIssued | events.ConnectionIdRetired):
@@ -370,7 +437,7 @@ class QuicLink:
         self._handshake_timer = None
         if self._state is _State.HANDSHAKING:
             error = PeerUnreachable(
-                f"no handshake with {self._where()} within {round(self._handshake_timeout, 2):g} s"
+                f"no handshake with {self._where()} within {round(self._handshake_budget, 2):g} s"
             )
             self._fail(error, ErrorCode.TIMEOUT)
 
@@ -419,6 +486,10 @@ class QuicLink:
         if self._released:
             return
         self._released = True
+        for waiter in self._alive_checks.values():
+            if not waiter.done():
+                waiter.set_result(False)
+        self._alive_checks.clear()
         for handle in (self._timer, self._transmit_handle, self._keepalive, self._handshake_timer):
             if handle is not None:
                 handle.cancel()

@@ -35,6 +35,23 @@ fails loudly, naming the hook, if any of them changes:
     ``ConnectionTerminated`` after the 3-PTO draining period (RFC 9000 10.2)
     and does not say who closed.
 
+Stateless reset (RFC 9000 10.3), which aioquic 1.7.2 neither sends nor
+recognises, goes through three more:
+
+``QuicConnection._host_cids`` (its ``QuicConnectionId.stateless_reset_token``
+set) and ``_replenish_connection_ids()`` (overridden, calls the original first)
+    Every connection id we issue gets the token ``HMAC(reset_key, cid)[:16]``
+    from the node's static key (protocol/keys.py), instead of aioquic's random
+    one, so a restarted node can still make the token of a connection id its
+    previous incarnation issued: the listener answers a packet for an unknown
+    connection with a stateless reset (actors/transport/listener.py).
+``QuicConnection._peer_cid`` and ``_peer_cid_available`` (read)
+    The peer's tokens for the connection ids it gave us: a datagram ending in
+    one of them is the peer's stateless reset (:meth:`PinnedQuicConnection.is_stateless_reset`).
+``QuicConnection._loss._pto_count`` (read)
+    How many probe timeouts in a row went unanswered: a peer silent through
+    several is gone (actors/transport/quic_link.py's dead-peer rule).
+
 Also relied on (behaviour, pinned by the same tests): an idle timeout ends a
 connection with ``ConnectionTerminated(reason_phrase="Idle timeout")``.
 
@@ -46,6 +63,7 @@ data is refused anyway (:func:`check_handshake`).
 
 from __future__ import annotations
 
+import hmac
 import os
 import ssl
 from dataclasses import dataclass
@@ -61,9 +79,11 @@ from cryptography import x509
 
 from quicpair.protocol.errors import ErrorCode, IdentityError, RemoteProtocolError
 from quicpair.protocol.identity import Identity, NodeId, node_id_from_certificate
+from quicpair.protocol.keys import RESET_TOKEN_SIZE, stateless_reset_token
 
 __all__ = [
     "IDLE_TIMEOUT_REASON",
+    "MIN_STATELESS_RESET",
     "PeerClose",
     "PinnedQuicConnection",
     "check_handshake",
@@ -74,6 +94,8 @@ __all__ = [
 
 #: ``ConnectionTerminated.reason_phrase`` aioquic 1.7.2 uses for an idle timeout.
 IDLE_TIMEOUT_REASON = "Idle timeout"
+#: RFC 9000 10.3: the smallest datagram that can be a stateless reset (1 + 4 + 16 bytes).
+MIN_STATELESS_RESET = 21
 
 # TLS alerts (RFC 8446 6.2) that mean "your certificate is not acceptable here".
 _IDENTITY_ALERTS = frozenset(
@@ -137,8 +159,10 @@ class PinnedQuicConnection(QuicConnection):
     """A QuicConnection whose peer must present an Ed25519 node certificate.
 
     ``expect`` pins the peer's NodeId (dialers that know whom they dial).
-    After a refusal by our hook, :attr:`refusal` says why; after the peer
-    closed, :attr:`peer_close` says how.
+    ``reset_key`` is the node's static stateless-reset key: the connection ids
+    we issue carry tokens derived from it (module docstring). After a refusal
+    by our hook, :attr:`refusal` says why; after the peer closed,
+    :attr:`peer_close` says how.
     """
 
     def __init__(
@@ -146,16 +170,19 @@ class PinnedQuicConnection(QuicConnection):
         *,
         configuration: QuicConfiguration,
         expect: NodeId | None = None,
+        reset_key: bytes | None = None,
         original_destination_connection_id: bytes | None = None,
         retry_source_connection_id: bytes | None = None,
     ) -> None:
         if configuration.session_ticket is not None:
             raise ValueError("session resumption is never used by quicpair")
+        self._reset_key = reset_key
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
             retry_source_connection_id=retry_source_connection_id,
         )
+        self._derive_reset_tokens()
         self.expect = expect
         #: The NodeId our hook verified during the handshake (None until then).
         self.verified_peer: NodeId | None = None
@@ -172,6 +199,24 @@ class PinnedQuicConnection(QuicConnection):
     def peer_certificate(self) -> x509.Certificate | None:
         """The leaf certificate the peer presented, if any."""
         return self.tls._peer_certificate
+
+    @property
+    def probe_timeouts(self) -> int:
+        """Probe timeouts in a row without an acknowledgement from the peer (RFC 9002 6.2)."""
+        return int(self._loss._pto_count)
+
+    def is_stateless_reset(self, datagram: bytes) -> bool:
+        """True when ``datagram`` is the peer's stateless reset for this connection (RFC 9000 10.3.1).
+
+        A short-header-shaped datagram whose last 16 bytes equal a token the peer
+        issued for one of its connection ids, compared in constant time. A genuine
+        packet ends with an AEAD tag: matching a 128-bit token by chance is 2^-128.
+        """
+        if len(datagram) < MIN_STATELESS_RESET or datagram[0] & 0x80:
+            return False
+        tail = datagram[-RESET_TOKEN_SIZE:]
+        tokens = [cid.stateless_reset_token for cid in (self._peer_cid, *self._peer_cid_available)]
+        return any(token and hmac.compare_digest(tail, token) for token in tokens)
 
     # -- private hooks (see the module docstring) -------------------------
 
@@ -192,6 +237,20 @@ class PinnedQuicConnection(QuicConnection):
             self._vet_peer_certificate()
 
         context._check_certificate_verify_signature = check_then_vet  # type: ignore[method-assign]
+
+    def _replenish_connection_ids(self) -> None:
+        super()._replenish_connection_ids()
+        self._derive_reset_tokens()
+
+    def _derive_reset_tokens(self) -> None:
+        # Before any is sent: aioquic issues new ids (NEW_CONNECTION_ID) and the
+        # server's first one (transport parameters) only after these calls.
+        if self._reset_key is not None:
+            for cid in self._host_cids:
+                # A client's first id has none (RFC 9000 18.2: only a server sends one
+                # in its transport parameters); every later id of either side has one.
+                if cid.stateless_reset_token is not None:
+                    cid.stateless_reset_token = stateless_reset_token(self._reset_key, cid.cid)
 
     def _vet_peer_certificate(self) -> None:
         cert = self.tls._peer_certificate

@@ -32,10 +32,14 @@ def test_defaults() -> None:
     assert settings.node.listen_host == "0.0.0.0"
     assert (settings.node.listen_port, settings.node.max_concurrent_pairings) == (47470, 32)
     assert dataclasses.astuple(settings.pairing) == (300.0, 3, 10.0, 30.0)
-    assert dataclasses.astuple(settings.link) == (30.0, 10.0, 0.5, 30.0, 0.2, 10.0, 0.25, 5.0)
+    assert dataclasses.astuple(settings.link) == (
+        *(9.0, 6.0, 5, 1.0),  # dead peer: idle timeout, keep-alive, probe timeouts, liveness check
+        *(256, 4 << 20, 1024, 16 << 20),  # acknowledged delivery: window and outbox
+        *(0.5, 30.0, 0.2, 10.0, 0.25, 5.0),  # reconnection
+    )
     assert settings.discovery.mdns is True
     assert (settings.log.level, settings.log.format) == ("info", "auto")
-    assert dataclasses.astuple(settings.testing) == (False, False, "", False), "fault injection is off"
+    assert dataclasses.astuple(settings.testing) == (False, False, "", False, False), "fault injection is off"
     assert settings.node.name, "an empty name in the defaults becomes the host name"
     assert settings.node.name == (platform.node() or "quicpair")[:MAX_NAME_LEN]
 
@@ -48,7 +52,7 @@ def test_every_number_is_of_its_declared_type() -> None:
 
 
 def test_defaults_file_has_exactly_the_settings() -> None:
-    text = resources.files("config").joinpath("defaults.toml").read_text("utf-8")
+    text = resources.files("quicpair.config").joinpath("defaults.toml").read_text("utf-8")
     data = tomllib.loads(text)
     assert {s: set(keys) for s, keys in data.items()} == {
         s: set(keys) for s, keys in load_settings().to_dict().items()
@@ -60,7 +64,7 @@ def test_settings_are_frozen_and_to_dict_is_plain_data() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.node.listen_port = 1  # type: ignore[misc]
     as_dict = settings.to_dict()
-    assert as_dict["link"]["keepalive_interval"] == 10.0
+    assert as_dict["link"]["keepalive_interval"] == 6.0
     assert json.loads(json.dumps(as_dict)) == as_dict
     overrides: dict[str, Any] = as_dict
     assert load_settings(**overrides) == settings, "to_dict round-trips through overrides"
@@ -181,8 +185,8 @@ FILE_ERRORS: dict[str, tuple[str, str]] = {
         r"allowed: \"\" or one of .*PairDone",
     ),
     "keepalive too close to the idle timeout": (
-        "[link]\nidle_timeout = 20\nkeepalive_interval = 10\n",
-        r"line 3: \[link\] keepalive_interval = 10.0 must be less than idle_timeout / 2 = 10 "
+        "[link]\nidle_timeout = 15\nkeepalive_interval = 11\n",
+        r"line 3: \[link\] keepalive_interval = 11.0 must be at most 2/3 of idle_timeout = 10 "
         r"\(idle_timeout from .*quicpair.toml, line 2\)",
     ),
     "backoff upside down": (
@@ -250,7 +254,8 @@ def test_a_bad_override_gives_a_precise_error(overrides: dict[str, Any], message
 def test_a_cross_check_names_where_each_value_came_from(tmp_path: Path) -> None:
     path = write(tmp_path, "[link]\n\nidle_timeout = 12\n")
     with pytest.raises(ConfigError) as info:
-        load_settings(path, link={"keepalive_interval": 6})
+        load_settings(path, link={"keepalive_interval": 9})
     text = str(info.value)
-    assert text.startswith("override: [link] keepalive_interval = 6.0 must be less than idle_timeout / 2 = 6")
+    expected = "override: [link] keepalive_interval = 9.0 must be at most 2/3 of idle_timeout = 8"
+    assert text.startswith(expected)
     assert f"(idle_timeout from {path}, line 3)" in text

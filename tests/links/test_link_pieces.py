@@ -1,7 +1,7 @@
 """The pieces of the paired links, each on its own, without a network.
 
 :func:`quicpair.actors.links.dial.race` (stored addresses first, staggered, discovery
-last, the first answer wins), :class:`quicpair.actors.links.outbox.Outbox` (sends
+last, the first answer wins), :class:`quicpair.actors.links.delivery.PeerDelivery` (sends
 waiting for the link: in order, until their deadline, never sent late),
 :class:`quicpair.actors.links.inbox.Inbox`, :class:`quicpair.actors.discovery.actor.DiscoveryActor`
 with a stand-in for mDNS, and the control protocol's validation of the link
@@ -25,11 +25,19 @@ from quicpair.actors.context import NodeContext, Offer
 from quicpair.actors.discovery.actor import DiscoveryActor, advertised_ips
 from quicpair.actors.kernel.counters import Counters
 from quicpair.actors.kernel.loop import EventLoopThread
+from quicpair.actors.links.delivery import PeerDelivery
 from quicpair.actors.links.dial import SOURCE_MDNS, SOURCE_STORED, race
 from quicpair.actors.links.inbox import Inbox
-from quicpair.actors.links.outbox import Outbox
+from quicpair.actors.links.messages import SendRequest
+from quicpair.actors.registry.store import DeliveryState
 from quicpair.config.settings import load_settings
-from quicpair.protocol.errors import ErrorCode, LocalProtocolError, PeerUnreachable
+from quicpair.protocol.errors import (
+    ErrorCode,
+    NotAcknowledged,
+    NotTransmitted,
+    PeerUnreachable,
+    QuicpairError,
+)
 from quicpair.protocol.identity import Identity, NodeId
 from quicpair.tools.control import RequestError, decode_request
 from support.waiting import wait_until
@@ -142,21 +150,26 @@ def test_race_raises_the_last_error_when_nothing_answers() -> None:
 # -- the inbox -----------------------------------------------------------------------------------------
 
 
-def test_the_inbox_keeps_the_newest_messages_when_nobody_reads() -> None:
-    counters = Counters()
-    inbox = Inbox("t", counters, structlog.get_logger(), limit=3)
+def test_the_inbox_never_drops_a_message_it_says_when_full_and_when_room_comes_back() -> None:
+    room_back: list[int] = []
+    inbox = Inbox("t", Counters(), structlog.get_logger(), limit=3, on_room=lambda: room_back.append(1))
     peer = Identity.generate().node_id
-    for i in range(5):
-        inbox.deliver(peer, b"%d" % i)
-    assert [m.payload for m in inbox.drain()] == [b"2", b"3", b"4"]
-    assert counters.get("link.messages_dropped") == 2
+    for i in range(3):
+        assert inbox.room() == 3 - i
+        inbox.deliver(peer, b"%d" % i, seq=i + 1)
+    assert inbox.room() == 0 and room_back == []
+    first = inbox.receive(timeout=0.01)
+    assert first is not None and (first.payload, first.seq) == (b"0", 1)
+    assert room_back == [1], "a full inbox that gives room back says so, once"
+    assert [m.payload for m in inbox.drain()] == [b"1", b"2"]
+    assert room_back == [1] and inbox.room() == 3
     assert inbox.receive(timeout=0.01) is None
     inbox.close()
 
 
-def test_a_slow_subscriber_costs_at_most_the_limit() -> None:
-    counters = Counters()
-    inbox = Inbox("t", counters, structlog.get_logger(), limit=3)
+def test_a_slow_subscriber_holds_at_most_the_limit_and_gets_everything_in_order() -> None:
+    room_back: list[int] = []
+    inbox = Inbox("t", Counters(), structlog.get_logger(), limit=3, on_room=lambda: room_back.append(1))
     peer = Identity.generate().node_id
     entered, release = threading.Event(), threading.Event()
     got: list[bytes] = []
@@ -169,12 +182,15 @@ def test_a_slow_subscriber_costs_at_most_the_limit() -> None:
     inbox.subscribe(slow)
     inbox.deliver(peer, b"0")
     assert entered.wait(5), "the first message was never delivered"
-    for i in range(1, 10):
-        inbox.deliver(peer, b"%d" % i)
+    sent = 1
+    while inbox.room():  # what a link worker does: no more than there is room for
+        inbox.deliver(peer, b"%d" % sent)
+        sent += 1
+    assert sent == 4, "three wait for the slow subscriber"
     release.set()
     wait_until(lambda: len(got) == 4, 5, "the queued messages delivered")
-    assert got == [b"0", b"7", b"8", b"9"]
-    assert counters.get("link.messages_dropped") == 6
+    assert got == [b"0", b"1", b"2", b"3"]
+    wait_until(lambda: room_back == [1], 5, "room announced once")
     inbox.close()
 
 
@@ -209,53 +225,126 @@ class _Timer:
         return self._cancelled
 
 
-def future() -> concurrent.futures.Future[None]:
-    f: concurrent.futures.Future[None] = concurrent.futures.Future()
+def future() -> concurrent.futures.Future[int]:
+    f: concurrent.futures.Future[int] = concurrent.futures.Future()
     f.set_running_or_notify_cancel()
     return f
 
 
-def test_the_outbox_sends_in_order_once_the_link_is_up_and_fails_what_waited_too_long() -> None:
-    timers, wire = Timers(), []
-    outbox = Outbox("peer", timers, limit=3)
-    early, late, full, extra = future(), future(), future(), future()
-    outbox.send(b"early", early, 0.0, None)  # the link is down: it waits
-    outbox.send(b"late", late, 0.0, None)
-    outbox.send(b"third", full, 0.0, None)
-    outbox.send(b"too many", extra, 0.0, None)
-    assert isinstance(extra.exception(0), PeerUnreachable), "a full outbox refuses at once"
-    timers.pending[0][3].cancel()  # "early" will still be waiting when the link comes up
-    timers.pending[2][3].cancel()
-    timers.fire_all()  # "late" reached its deadline
-    assert isinstance(late.exception(0), PeerUnreachable)
-    outbox.flush(lambda payload: wire.append(payload) or True)
-    assert wire == [b"early", b"third"], "in order, and the expired one never sent"
-    assert early.result(0) is None and len(outbox) == 0
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_the_outbox_waits_again_when_the_connection_dies_under_it() -> None:
-    timers = Timers()
-    outbox = Outbox("peer", timers)
-    first, second = future(), future()
-    outbox.send(b"1", first, 0.0, lambda payload: False)  # up, but the connection just died
-    outbox.send(b"2", second, 0.0, lambda payload: True)  # must not overtake "1"
-    assert not first.done() and not second.done() and len(outbox) == 2
-    outbox.flush(lambda payload: True)
-    assert first.result(0) is None and second.result(0) is None
+class Recorder:
+    """The worker's side of a PeerDelivery: registry writes asked for, and the application's inbox."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[Any, str, tuple[Any, ...]]] = []
+        self.inbox = Inbox("test", Counters(), structlog.get_logger(), limit=2)
+
+    def write(self, what: Any, method: str, *args: Any) -> None:
+        self.writes.append((what, method, args))
 
 
-def test_the_outbox_refuses_what_cannot_be_sealed_and_fails_all_when_the_worker_ends() -> None:
-    outbox = Outbox("peer", Timers())
-    bad, waiting = future(), future()
+PEER = Identity.from_seed(bytes([9]) * 32).node_id
 
-    def too_big(payload: bytes) -> bool:
-        raise LocalProtocolError(ErrorCode.FRAME_TOO_LARGE, "too big")
 
-    outbox.send(b"x", bad, 0.0, too_big)
-    assert isinstance(bad.exception(0), LocalProtocolError)
-    outbox.send(b"y", waiting, 0.0, None)
-    outbox.fail_all(PeerUnreachable("stopped"))
-    assert isinstance(waiting.exception(0), PeerUnreachable)
+def delivery(
+    rec: Recorder, timers: Timers, clock: Clock, **limits: int
+) -> tuple[PeerDelivery, Callable[[], int]]:
+    numbers = iter(range(1 << 32, 1 << 33))
+    settings = load_settings(link={"send_window": 2, "outbox_limit": 3, **limits}).link
+    d = PeerDelivery(
+        peer=PEER, settings=settings, next_seq=lambda: next(numbers), clock=clock, wall_clock=clock,
+        call_later=timers, write=rec.write, inbox=rec.inbox, log=structlog.get_logger(),
+    )  # fmt: skip
+    d.resume(DeliveryState(receive_mark=0, queued=()), bytes(32))
+    return d, lambda: next(numbers)
+
+
+def request(payload: bytes, deadline: float = 110.0, queue: bool = False) -> SendRequest:
+    return SendRequest(PEER, payload, deadline, future(), queue)
+
+
+def test_sends_wait_in_order_a_full_queue_refuses_and_an_ack_returns_each_number() -> None:
+    rec, timers, clock, wire = Recorder(), Timers(), Clock(), []
+    d, _ = delivery(rec, timers, clock)
+    sends = [request(b"%d" % i) for i in range(6)]
+    for r in sends:
+        d.submit(r)  # the link is down: they wait (window 2 in flight + 3 waiting at most)
+    assert isinstance(sends[3].future.exception(0), NotTransmitted), "a full queue refuses at once"
+    d.transmit(lambda seq, payload: wire.append((seq, payload)) or True)
+    assert [p for _, p in wire] == [b"0", b"1"], "the window: two in flight"
+    d.acked(wire[0][0])
+    assert sends[0].future.result(0) == wire[0][0] and not sends[1].future.done()
+    d.transmit(lambda seq, payload: wire.append((seq, payload)) or True)
+    assert [p for _, p in wire] == [b"0", b"1", b"2"], "the ack opened the window; in order"
+
+
+def test_deadlines_say_whether_the_message_left_and_a_dead_connection_sends_it_again() -> None:
+    rec, timers, clock, wire = Recorder(), Timers(), Clock(), []
+    d, _ = delivery(rec, timers, clock, send_window=1)
+    left, waited = request(b"left"), request(b"waited")
+    d.submit(left)
+    d.submit(waited)
+    assert d.transmit(lambda seq, payload: False) == 0  # the connection died under us
+    d.transmit(lambda seq, payload: wire.append(payload) or True)
+    assert wire == [b"left"], "sent again, first, on the next connection; nothing overtook it"
+    clock.now = 111.0
+    timers.fire_all()
+    assert isinstance(left.future.exception(0), NotAcknowledged), "it left: it may have arrived"
+    assert isinstance(waited.future.exception(0), NotTransmitted), "it never left"
+    assert d.in_flight == d.waiting == 0
+
+
+def test_a_durable_send_returns_once_queued_and_is_dequeued_once_acknowledged() -> None:
+    rec, timers, clock, wire = Recorder(), Timers(), Clock(), []
+    d, _ = delivery(rec, timers, clock)
+    durable, doomed = request(b"keep me", queue=True), request(b"no disk", queue=True)
+    d.submit(durable)
+    d.submit(doomed)
+    [(what, method, args), (what2, _, _)] = rec.writes
+    assert method == "enqueue" and args[0].payload == b"keep me" and not durable.future.done()
+    d.written(what, None, None)
+    assert durable.future.result(0) == what[1], "durable now: the caller may go"
+    d.written(what2, None, OSError("disk full"))
+    assert isinstance(doomed.future.exception(0), QuicpairError) and d.waiting == 1
+    d.transmit(lambda seq, payload: wire.append((seq, payload)) or True)
+    d.acked(wire[0][0])
+    assert rec.writes[-1][1:] == ("dequeue", (PEER, wire[0][0]))
+    clock.now = 10_000.0
+    timers.fire_all()
+    d.end("the node stopped")  # nothing waits any more: nothing to fail
+
+
+def test_received_payloads_are_recorded_then_delivered_once_and_a_full_inbox_holds_them() -> None:
+    rec, timers, clock = Recorder(), Timers(), Clock()
+    d, _ = delivery(rec, timers, clock)
+    assert d.take(5, b"five") and d.take(7, b"seven") and d.take(9, b"nine")
+    assert not d.take(7, b"seven again"), "a duplicate is only re-acknowledged"
+    d.record()
+    (what, method, args) = rec.writes[-1]
+    assert (what, method, args) == ("mark", "set_receive_mark", (PEER, bytes(32), 7)), "the inbox holds 2"
+    assert d.mark_written(True) == 7
+    assert [(m.seq, m.payload) for m in rec.inbox.drain()] == [(5, b"five"), (7, b"seven")]
+    d.record()
+    assert rec.writes[-1][2][2] == 9
+    assert d.mark_written(True) == 9 and d.mark == 9
+    d.take(10, b"ten")
+    d.take(11, b"eleven")
+    d.take(12, b"twelve")
+    d.record()  # the inbox holds 9 already: room for one
+    assert rec.writes[-1][2][2] == 10 and d.mark_written(True) == 10
+    d.record()
+    assert d.waiting_for_room and rec.writes[-1][2][2] == 10, "no write while the inbox is full"
+    assert [m.seq for m in rec.inbox.drain()] == [9, 10]
+    d.record()  # the worker does this when the inbox says it has room
+    assert rec.writes[-1][2][2] == 12 and d.mark_written(True) == 12
+    assert [m.payload for m in rec.inbox.drain()] == [b"eleven", b"twelve"]
 
 
 # -- the discovery actor, with a stand-in for mDNS -------------------------------------------------

@@ -209,10 +209,12 @@ def test_a_joiner_with_only_a_code_finds_the_initiator_by_nameplate_and_pairs(ne
 
 @ROLES
 def test_a_restarted_waiting_side_is_reached_again_through_the_mdns_hint(net: Net, alice_lower: bool) -> None:
-    """SIGKILL + restart at the same address and port: only the new boot id tells the dialer."""
-    # A long idle timeout on purpose: the dialer cannot learn of the restart from QUIC
-    # before 10 s, so a link back in ~2 s can only be the announcement's doing.
-    settings = (*NET, "link.idle_timeout=10", "link.keepalive_interval=1")
+    """SIGKILL + restart at the same address and port, its restart notice lost: the new boot id tells."""
+    # A long keep-alive and idle timeout on purpose: the dialer's own PINGs cannot meet the
+    # restarted node's stateless reset before ~6 s, nor its idle timeout before 10 s, so a
+    # link back in ~2 s can only be the announcement's doing (it checks the connection: the
+    # check's PING gets the reset).
+    settings = (*NET, "link.idle_timeout=10", "link.keepalive_interval=6", "testing.drop_restart_notice=true")
     idle = setting(settings, "link.idle_timeout")
     alice, bob = start_pair(net, net.lan(2).hosts, alice_lower=alice_lower, settings=settings)
     pair_by_code(alice, bob)
@@ -225,9 +227,9 @@ def test_a_restarted_waiting_side_is_reached_again_through_the_mdns_hint(net: Ne
     waiter.restart()  # same home, address and port: a new boot id only
     ready = time.time()
     announced = stamp(waiter.wait_event("discovery.advertised"))
-    replaced = wait_since(dialer, "link.replaced", killed, timeout=idle)
+    up = wait_since(dialer, "link.up", killed, timeout=idle)
     wait_linked(dialer, waiter)
-    back = max(stamp(replaced), stamp(waiter.wait_event("link.up")))
+    back = max(stamp(up), stamp(waiter.wait_event("link.up")))
 
     print(
         f"\nwaiting side restarted ({'alice' if waiter is alice else 'bob'}): link back "
@@ -235,13 +237,14 @@ def test_a_restarted_waiting_side_is_reached_again_through_the_mdns_hint(net: Ne
         f"ready, {back - announced:.3f} s after its mDNS announcement (idle timeout {idle:g} s)"
     )
     assert back - killed < idle, "faster than the dead-peer bound: the hint did it"
-    # From the dialer's log: the announcement, then a probe at the stored address.
-    probe = since(dialer, "link.probe", killed)
-    assert len(probe) == 1 and address in probe[0]["endpoints"]
+    # From the dialer's log: the announcement checks the connection; the restarted node
+    # answers the check's PING with a stateless reset; the dialer redials at once.
+    checks = since(dialer, "link.liveness_check", killed)
+    assert [(c["why"], c["conn"]) for c in checks] == [("hint", before)]
+    closed = [c for c in since(dialer, "link.connection_closed", killed) if c["conn"] == before]
+    assert [c["code"] for c in closed] == ["PEER_RESTARTED"]
     dials = since(dialer, "link.dial", killed)
-    assert [(d["why"], d["address"], d["source"]) for d in dials] == [("announced", address, "stored")]
-    assert (replaced["old_conn"], replaced["address"]) == (before, address)
-    assert since(dialer, "link.down", killed) == [], "the new connection replaced the dead one: no down"
+    assert [(d["why"], d["address"], d["source"]) for d in dials] == [("restarted", address, "stored")]
     assert since(dialer, "link.mdns_lookup", killed) == [], "the hint gave the endpoint, no lookup"
     assert waiter.events("link.dial") == [] and waiter.counters().get("link.dials", 0) == 0
     exchange(alice, bob, "after the restart")

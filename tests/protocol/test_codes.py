@@ -63,7 +63,7 @@ def format_error(action: Callable[[], object]) -> str:
 
 
 def test_word_list_is_the_bip39_english_list() -> None:
-    data = resources.files("protocol").joinpath("wordlist_bip39_en.txt").read_bytes()
+    data = resources.files("quicpair.protocol").joinpath("wordlist_bip39_en.txt").read_bytes()
     assert hashlib.sha256(data).hexdigest() == BIP39_ENGLISH_SHA256
     assert len(WORDS) == 2048 == len(set(WORDS))
     assert WORDS[0] == "abandon" and WORDS[-1] == "zoo"

@@ -36,6 +36,7 @@ def test_codes_below_0x10_are_not_faults() -> None:
         ErrorCode.GOING_AWAY,
         ErrorCode.DUPLICATE_CONNECTION,
         ErrorCode.UNPAIRED,
+        ErrorCode.PEER_RESTARTED,
     }
 
 

@@ -31,6 +31,7 @@ from quicpair.protocol.messages import (
     MAX_APP_PAYLOAD,
     MESSAGE_TYPES,
     DeviceInfo,
+    LinkAck,
     LinkAddresses,
     LinkAppData,
     LinkHello,
@@ -59,11 +60,12 @@ SAMPLES: list[Message] = [
     PairReject(code=ErrorCode.WRONG_CODE, reason="wrong code"),
     PairResolve(pairing_id=b"\x06" * 32, mac=b"\x07" * 32),
     DeviceInfo(name="alice-laptop", addresses=["192.0.2.7:4433", "[::1]:4433"]),
-    LinkHello(nonce=b"\x08" * 32, addresses=[]),
+    LinkHello(nonce=b"\x08" * 32, pairing=bytes(8), addresses=[]),
     LinkSealed(seq=2**64 - 1, box=b"\x09" * 100),
-    LinkAppData(data=b"hello"),
+    LinkAppData(seq=1, data=b"hello"),
     LinkAddresses(addresses=["alice-laptop.local:4433"]),
     LinkUnpair(),
+    LinkAck(upto=2**32),
 ]
 
 # The biggest value every field allows, to prove the limits themselves encode and fit a frame.
@@ -72,9 +74,10 @@ LARGEST: list[Message] = [
     PairComplete(sealed=b"\xff" * 65_000),
     PairReject(code=2**64 - 1, reason="é" * 128),  # 256 UTF-8 bytes
     DeviceInfo(name="x" * 128, addresses=["a" * 64] * 16),
-    LinkHello(nonce=b"\x00" * 32, addresses=["[fe80::1%eth0]:4433".ljust(64, "0")] * 16),
+    LinkHello(nonce=b"\x00" * 32, pairing=b"\xff" * 8, addresses=["[fe80::1%eth0]:4433".ljust(64, "0")] * 16),
+    LinkAck(upto=2**64 - 1),
     LinkSealed(seq=2**64 - 1, box=b"\x00" * 65_000),
-    LinkAppData(data=b"\x00" * MAX_APP_PAYLOAD),
+    LinkAppData(seq=2**64 - 1, data=b"\x00" * MAX_APP_PAYLOAD),
 ]
 
 
@@ -241,7 +244,7 @@ MALFORMED: list[tuple[str, bytes, ErrorCode, str]] = [
     ("bytes for str", body(7, {"code": 1, "reason": b"x"}), BAD, "got binary"),
     ("bytes too short", body(1, {"nameplate": 1, "pake": b"\x00" * 32}), BAD, "33"),
     ("bytes too long", body(1, {"nameplate": 1, "pake": b"\x00" * 34}), BAD, "got 34"),
-    ("bytes over max", body(18, {"data": b"\x00" * 60_001}), BAD, "at most 60000"),
+    ("bytes over max", body(18, {"seq": 1, "data": b"\x00" * 60_001}), BAD, "at most 60000"),
     ("str over max", body(7, {"code": 1, "reason": "x" * 257}), BAD, "at most 256"),
     ("str over max in UTF-8", body(7, {"code": 1, "reason": "é" * 129}), BAD, "258"),
     ("str for list", body(19, {"addresses": "a:1"}), BAD, "array of strings"),
@@ -254,14 +257,14 @@ MALFORMED: list[tuple[str, bytes, ErrorCode, str]] = [
     ("nested garbage", body(19, {"addresses": [[[[["x"]]]]]}), BAD, "got array"),
     ("bad UTF-8", b"\x93\x01\x07\x82\xa4code\x01\xa6reason\xa2\xc3\x28", BAD, "UTF-8"),
     ("UTF-8 surrogate", b"\x93\x01\x07\x82\xa4code\x01\xa6reason\xa3\xed\xa0\x80", BAD, ""),
-    ("extension type", body(18, {"data": msgpack.ExtType(5, b"x")}), BAD, ""),
-    ("timestamp", b"\x93\x01\x12\x81\xa4data\xd6\xff\x00\x00\x00\x01", BAD, ""),
-    ("empty extension", b"\x93\x01\x12\x81\xa4data\xc7\x00\x05", BAD, "extension"),
+    ("extension type", body(18, {"seq": 1, "data": msgpack.ExtType(5, b"x")}), BAD, ""),
+    ("timestamp", b"\x93\x01\x12\x82\xa3seq\x01\xa4data\xd6\xff\x00\x00\x00\x01", BAD, ""),
+    ("empty extension", b"\x93\x01\x12\x82\xa3seq\x01\xa4data\xc7\x00\x05", BAD, "extension"),
     ("deep nesting", b"\x91" * 5000, BAD, "nested too deeply"),
     ("huge array header", b"\xdd\xff\xff\xff\xff", BAD, "not valid msgpack"),
     ("nested huge headers", b"\xdd\x00\x00\xff\xff" * 1000, BAD, "not valid msgpack"),
     ("huge map header", b"\x93\x01\x01\xdf\xff\xff\xff\xff", BAD, "not valid msgpack"),
-    ("huge bin header", b"\x93\x01\x12\x81\xa4data\xc6\xff\xff\xff\xff", BAD, ""),
+    ("huge bin header", b"\x93\x01\x12\x82\xa3seq\x01\xa4data\xc6\xff\xff\xff\xff", BAD, ""),
     ("body above the maximum", b"\x00" * (MAX_FRAME_SIZE + 1), ErrorCode.FRAME_TOO_LARGE, "65537"),
 ]
 
@@ -422,7 +425,7 @@ class Color(enum.IntEnum):
 BAD_TO_ENCODE: list[tuple[str, Any, ErrorCode]] = [
     ("bytes too short", PairRequest(nameplate=1, pake=b"\x00"), ErrorCode.MALFORMED_MESSAGE),
     ("bytes too long", PairDone(mac=b"\x00" * 33), ErrorCode.MALFORMED_MESSAGE),
-    ("bytes over max", LinkAppData(data=b"\x00" * (MAX_APP_PAYLOAD + 1)), ErrorCode.MALFORMED_MESSAGE),
+    ("bytes over max", LinkAppData(seq=0, data=bytes(MAX_APP_PAYLOAD + 1)), ErrorCode.MALFORMED_MESSAGE),
     ("negative int", PairRequest(nameplate=-1, pake=PAKE), ErrorCode.MALFORMED_MESSAGE),
     ("int above uint64", LinkSealed(seq=2**64, box=b""), ErrorCode.MALFORMED_MESSAGE),
     ("bool for int", PairRequest(nameplate=True, pake=PAKE), ErrorCode.MALFORMED_MESSAGE),
@@ -435,7 +438,7 @@ BAD_TO_ENCODE: list[tuple[str, Any, ErrorCode]] = [
     ("non-str item", LinkAddresses(addresses=[b"a:1"]), ErrorCode.MALFORMED_MESSAGE),  # type: ignore[list-item]
     ("str for list", LinkAddresses(addresses="a:1"), ErrorCode.MALFORMED_MESSAGE),  # type: ignore[arg-type]
     ("not a message", object(), ErrorCode.UNKNOWN_MESSAGE),
-    ("a message subclass", type("Sub", (LinkAppData,), {"__slots__": ()})(b""), ErrorCode.UNKNOWN_MESSAGE),
+    ("a message subclass", type("Sub", (LinkAppData,), {"__slots__": ()})(1, b""), ErrorCode.UNKNOWN_MESSAGE),
 ]
 
 

@@ -15,7 +15,9 @@ from quicpair.protocol.errors import (
 )
 from quicpair.protocol.framing import FrameDecoder, encode_body, encode_frame
 from quicpair.protocol.identity import NodeId
+from quicpair.protocol.keys import key_id
 from quicpair.protocol.link import (
+    AckReceived,
     AddressesReceived,
     AppDataReceived,
     LinkChannel,
@@ -30,6 +32,7 @@ from quicpair.protocol.seal import CONTEXT_LINK, Sealer
 ALICE = NodeId(bytes([0x10]) * 32)  # lower: the dialer by the rule
 BOB = NodeId(bytes([0x20]) * 32)
 SECRET = bytes(range(32))
+KEY_ID = key_id(bytes(32))
 
 
 def channels(seed: int = 1, secret_b: bytes = SECRET) -> tuple[LinkChannel, LinkChannel]:
@@ -39,6 +42,7 @@ def channels(seed: int = 1, secret_b: bytes = SECRET) -> tuple[LinkChannel, Link
         peer=BOB,
         local_is_dialer=True,
         pairing_secret=SECRET,
+        key_id=KEY_ID,
         addresses=["127.0.0.1:4433"],
         rand=rng.randbytes,
     )
@@ -47,6 +51,7 @@ def channels(seed: int = 1, secret_b: bytes = SECRET) -> tuple[LinkChannel, Link
         peer=ALICE,
         local_is_dialer=False,
         pairing_secret=secret_b,
+        key_id=KEY_ID,
         addresses=["[::1]:5544", "10.0.0.2:5544"],
         rand=rng.randbytes,
     )
@@ -104,12 +109,16 @@ def test_every_connection_gets_fresh_keys() -> None:
 
 def test_app_data_addresses_and_unpair_flow_both_ways() -> None:
     dialer, listener, *_ = established()
-    assert deliver(listener, dialer.send_app(b"ping")) == [AppDataReceived(b"ping")]
-    assert deliver(dialer, listener.send_app(b"pong")) == [AppDataReceived(b"pong")]
-    wire = dialer.send_app(b"") + dialer.send_app(bytes(MAX_APP_PAYLOAD)) + dialer.send_addresses(["[::1]:1"])
+    assert deliver(listener, dialer.send_app(1, b"ping")) == [AppDataReceived(1, b"ping")]
+    assert deliver(dialer, listener.send_app(1, b"pong")) == [AppDataReceived(1, b"pong")]
+    wire = (
+        dialer.send_app(1, b"")
+        + dialer.send_app(1, bytes(MAX_APP_PAYLOAD))
+        + dialer.send_addresses(["[::1]:1"])
+    )
     assert deliver(listener, wire) == [
-        AppDataReceived(b""),
-        AppDataReceived(bytes(MAX_APP_PAYLOAD)),
+        AppDataReceived(1, b""),
+        AppDataReceived(1, bytes(MAX_APP_PAYLOAD)),
         AddressesReceived(("[::1]:1",)),
     ]
     assert deliver(dialer, listener.send_unpair()) == [UnpairReceived()]
@@ -118,11 +127,11 @@ def test_app_data_addresses_and_unpair_flow_both_ways() -> None:
 
 def test_bytes_may_arrive_one_at_a_time() -> None:
     dialer, listener, *_ = established()
-    wire = dialer.send_app(b"split") + dialer.send_app(b"again")
+    wire = dialer.send_app(1, b"split") + dialer.send_app(1, b"again")
     events: list[LinkEvent] = []
     for i in range(len(wire)):
         events += deliver(listener, wire[i : i + 1])
-    assert events == [AppDataReceived(b"split"), AppDataReceived(b"again")]
+    assert events == [AppDataReceived(1, b"split"), AppDataReceived(1, b"again")]
 
 
 def test_a_different_pairing_secret_fails_on_the_first_box() -> None:
@@ -131,22 +140,22 @@ def test_a_different_pairing_secret_fails_on_the_first_box() -> None:
     deliver(dialer, listener.hello())
     deliver(listener, b"")
     with pytest.raises(SealError) as info:
-        deliver(listener, dialer.send_app(b"hi"))
+        deliver(listener, dialer.send_app(1, b"hi"))
     assert info.value.code is ErrorCode.DECRYPT_FAILED
 
 
 def test_replayed_frame_is_rejected_and_the_channel_stays_failed() -> None:
     dialer, listener, *_ = established()
-    frame = dialer.send_app(b"pay 10")
-    assert deliver(listener, frame) == [AppDataReceived(b"pay 10")]
+    frame = dialer.send_app(1, b"pay 10")
+    assert deliver(listener, frame) == [AppDataReceived(1, b"pay 10")]
     with pytest.raises(SealError) as info:
         deliver(listener, frame)
     assert info.value.code is ErrorCode.REPLAYED
     assert listener.state is LinkState.S_failed
     for call in (
-        lambda: deliver(listener, dialer.send_app(b"next")),
+        lambda: deliver(listener, dialer.send_app(1, b"next")),
         listener.next_event,
-        lambda: listener.send_app(b"x"),
+        lambda: listener.send_app(1, b"x"),
     ):
         with pytest.raises(SealError) as again:
             call()
@@ -156,7 +165,7 @@ def test_replayed_frame_is_rejected_and_the_channel_stays_failed() -> None:
 
 def test_reordered_frames_are_rejected() -> None:
     dialer, listener, *_ = established()
-    first, second = dialer.send_app(b"1"), dialer.send_app(b"2")
+    first, second = dialer.send_app(1, b"1"), dialer.send_app(1, b"2")
     with pytest.raises(SealError) as info:
         deliver(listener, second + first)
     assert info.value.code is ErrorCode.REPLAYED
@@ -164,21 +173,21 @@ def test_reordered_frames_are_rejected() -> None:
 
 def test_events_before_a_bad_frame_are_still_delivered() -> None:
     dialer, listener, *_ = established()
-    good = dialer.send_app(b"good")
+    good = dialer.send_app(1, b"good")
     listener.receive_data(good + good)
-    assert listener.next_event() == AppDataReceived(b"good")
+    assert listener.next_event() == AppDataReceived(1, b"good")
     with pytest.raises(SealError):
         listener.next_event()
 
 
 def test_tampered_frames_are_rejected_at_every_sampled_position() -> None:
     probe_dialer, *_ = established()
-    frame = probe_dialer.send_app(b"a payload that someone would like to change")
+    frame = probe_dialer.send_app(1, b"a payload that someone would like to change")
     # Body bytes only: a changed length prefix may just make the receiver wait for more.
     positions = [*random.Random(3).sample(range(4, len(frame)), 24), 4, len(frame) - 1]
     for pos in positions:
         dialer, listener, *_ = established()
-        genuine = dialer.send_app(b"a payload that someone would like to change")
+        genuine = dialer.send_app(1, b"a payload that someone would like to change")
         assert genuine == frame  # same seeds, same keys: the same bytes
         tampered = bytearray(genuine)
         tampered[pos] ^= 0x01
@@ -199,7 +208,7 @@ def test_tampered_frames_are_rejected_at_every_sampled_position() -> None:
 
 def test_a_flipped_box_byte_is_decrypt_failed() -> None:
     dialer, listener, *_ = established()
-    frame = dialer.send_app(b"change me")
+    frame = dialer.send_app(1, b"change me")
     tampered = bytearray(frame)
     tampered[-1] ^= 0x80  # last byte of the Poly1305 tag
     with pytest.raises(SealError) as info:
@@ -210,7 +219,7 @@ def test_a_flipped_box_byte_is_decrypt_failed() -> None:
 def test_a_reflected_frame_does_not_open() -> None:
     dialer, _listener, *_ = established()
     with pytest.raises(SealError) as info:
-        deliver(dialer, dialer.send_app(b"echo"))  # our own box sent back to us
+        deliver(dialer, dialer.send_app(1, b"echo"))  # our own box sent back to us
     assert info.value.code is ErrorCode.DECRYPT_FAILED
 
 
@@ -234,7 +243,7 @@ def test_sealed_message_right_after_the_peer_hello_is_a_violation() -> None:
 
 def test_second_hello_is_a_violation() -> None:
     dialer, _listener, *_ = established()
-    hello = encode_frame(LinkHello(nonce=bytes(32), addresses=[]))
+    hello = encode_frame(LinkHello(nonce=bytes(32), pairing=KEY_ID, addresses=[]))
     with pytest.raises(RemoteProtocolError) as info:
         deliver(dialer, hello)
     assert info.value.code is ErrorCode.PROTOCOL_VIOLATION
@@ -258,7 +267,7 @@ def test_unsealed_inner_message_is_a_violation() -> None:
 def test_a_sealed_hello_is_a_violation() -> None:
     _dialer, listener, on_dialer, _ = established()
     sealer = Sealer(on_dialer.keys.send, CONTEXT_LINK)  # the peer's genuine keys
-    seq, box = sealer.seal(encode_body(LinkHello(nonce=bytes(32), addresses=[])))
+    seq, box = sealer.seal(encode_body(LinkHello(nonce=bytes(32), pairing=KEY_ID, addresses=[])))
     with pytest.raises(RemoteProtocolError) as info:
         deliver(listener, encode_frame(LinkSealed(seq=seq, box=box)))
     assert info.value.code is ErrorCode.PROTOCOL_VIOLATION
@@ -284,7 +293,7 @@ def test_bad_framing_fails_the_channel() -> None:
 def test_local_misuse_raises_and_changes_nothing() -> None:
     dialer, listener = channels()
     with pytest.raises(LocalProtocolError) as info:
-        dialer.send_app(b"too early")
+        dialer.send_app(1, b"too early")
     assert "dialer" in str(info.value) and "S0_start" in str(info.value)
     hello = dialer.hello()
     with pytest.raises(LocalProtocolError):
@@ -294,18 +303,18 @@ def test_local_misuse_raises_and_changes_nothing() -> None:
     deliver(dialer, listener.hello())
     assert [type(e) for e in deliver(listener, b"")] == [LinkEstablished]
     with pytest.raises(LocalProtocolError):
-        dialer.send_app(bytes(MAX_APP_PAYLOAD + 1))
+        dialer.send_app(1, bytes(MAX_APP_PAYLOAD + 1))
     # Nothing was sealed for the refused payload: the peer still sees seq 0 next.
-    assert deliver(listener, dialer.send_app(b"ok")) == [AppDataReceived(b"ok")]
+    assert deliver(listener, dialer.send_app(1, b"ok")) == [AppDataReceived(1, b"ok")]
 
 
 def test_closed_channel_discards_input_and_refuses_output() -> None:
     dialer, listener, *_ = established()
-    late = listener.send_app(b"sent before the peer saw the unpair")
+    late = listener.send_app(1, b"sent before the peer saw the unpair")
     deliver(listener, dialer.send_unpair())
     assert deliver(dialer, late) == []
     with pytest.raises(LocalProtocolError):
-        dialer.send_app(b"after unpair")
+        dialer.send_app(1, b"after unpair")
     listener.close()
     assert listener.state is LinkState.S_closed
 
@@ -317,7 +326,7 @@ def test_close_before_the_hellos_drops_everything() -> None:
     listener.close()
     assert listener.next_event() is None
     with pytest.raises(LocalProtocolError):
-        listener.send_app(b"closed")
+        listener.send_app(1, b"closed")
     fresh, _ = channels()
     fresh.close()
     with pytest.raises(LocalProtocolError):
@@ -347,6 +356,7 @@ def test_constructor_checks() -> None:
             peer=ALICE,
             local_is_dialer=True,
             pairing_secret=SECRET,
+            key_id=KEY_ID,
             addresses=[],
             rand=random.Random(1).randbytes,
         )
@@ -356,6 +366,17 @@ def test_constructor_checks() -> None:
             peer=BOB,
             local_is_dialer=True,
             pairing_secret=bytes(16),
+            key_id=KEY_ID,
+            addresses=[],
+            rand=random.Random(1).randbytes,
+        )
+    with pytest.raises(ValueError, match="key id"):
+        LinkChannel(
+            local=ALICE,
+            peer=BOB,
+            local_is_dialer=True,
+            pairing_secret=SECRET,
+            key_id=bytes(4),
             addresses=[],
             rand=random.Random(1).randbytes,
         )
@@ -365,3 +386,40 @@ def test_repr_names_role_and_state_only() -> None:
     dialer, *_ = established()
     text = repr(dialer)
     assert "dialer" in text and "S2_established" in text and SECRET.hex()[:8] not in text
+
+
+def test_payloads_carry_their_delivery_number_and_acks_flow_back() -> None:
+    dialer, listener, *_ = established()
+    wire = dialer.send_app(7, b"seven") + dialer.send_app(9, b"nine")
+    assert deliver(listener, wire) == [AppDataReceived(7, b"seven"), AppDataReceived(9, b"nine")]
+    assert deliver(dialer, listener.send_ack(9)) == [AckReceived(9)]
+    # The channel carries numbers; ordering and duplicates are protocol/delivery.py's.
+    assert deliver(listener, dialer.send_app(3, b"old")) == [AppDataReceived(3, b"old")]
+
+
+def test_a_hello_naming_another_pairing_fails_with_pairing_mismatch() -> None:
+    rng = random.Random(5)
+    common = {"pairing_secret": SECRET, "addresses": [], "rand": rng.randbytes}
+    dialer = LinkChannel(local=ALICE, peer=BOB, local_is_dialer=True, key_id=KEY_ID, **common)
+    listener = LinkChannel(
+        local=BOB, peer=ALICE, local_is_dialer=False, key_id=key_id(bytes([1]) * 32), **common
+    )
+    with pytest.raises(RemoteProtocolError) as caught:
+        deliver(listener, dialer.hello())
+    assert caught.value.code is ErrorCode.PAIRING_MISMATCH
+    assert KEY_ID.hex() in str(caught.value)
+    assert listener.state is LinkState.S_failed
+    with pytest.raises(RemoteProtocolError) as again:
+        listener.hello()
+    assert again.value.code is ErrorCode.PAIRING_MISMATCH
+
+
+@pytest.mark.parametrize("frame", ["app", "ack"])
+def test_delivery_numbers_above_2_63_are_malformed(frame: str) -> None:
+    dialer, listener, *_ = established()
+    big = 2**63
+    wire = dialer.send_app(big, b"x") if frame == "app" else dialer.send_ack(big)
+    with pytest.raises(RemoteProtocolError) as caught:
+        deliver(listener, wire)
+    assert caught.value.code is ErrorCode.MALFORMED_MESSAGE
+    assert listener.state is LinkState.S_failed

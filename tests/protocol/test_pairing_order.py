@@ -81,7 +81,7 @@ SAMPLES: list[Message] = [
     PairCommit(mac=bytes(32)),
     PairResolve(pairing_id=bytes(32), mac=bytes(32)),
     DeviceInfo(name="x", addresses=[]),
-    LinkHello(nonce=bytes(32), addresses=[]),
+    LinkHello(nonce=bytes(32), pairing=bytes(8), addresses=[]),
 ]
 INITIATOR_LEGAL: dict[InitiatorState, set[type[Any]]] = {
     InitiatorState.S0_await_request: {PairRequest, PairResolve},

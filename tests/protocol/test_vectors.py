@@ -331,16 +331,23 @@ def test_link_keys_and_sealed_frames_from_the_spec() -> None:
         link["dialer_to_listener"],
         link["listener_to_dialer"],
     )
+    pairing_id = h(V["pairing"]["transcript"]["pairing_id"])
+    assert link["key_id"] == hashlib.sha256(b"quicpair/1 key id" + pairing_id).digest()[:8].hex()
+    for hello in link["hellos"]:
+        assert hello["fields"]["pairing"] == link["key_id"]
+    firsts = {}
     next_seq = {"dialer": 0, "listener": 0}
     for entry in link["sealed"]:
+        firsts.setdefault(entry["from"], entry["inner"])
         seq = entry["fields"]["seq"]
         assert seq == next_seq[entry["from"]]
         next_seq[entry["from"]] += 1
         nonce, aad = bytes(4) + seq.to_bytes(8, "big"), b"quicpair/1 link" + seq.to_bytes(8, "big")
         plaintext = ChaCha20Poly1305(keys[entry["from"]]).decrypt(nonce, h(entry["fields"]["box"]), aad)
-        tag = {"LinkAppData": 18, "LinkAddresses": 19, "LinkUnpair": 20}[entry["inner"]]
+        tag = {"LinkAppData": 18, "LinkAddresses": 19, "LinkUnpair": 20, "LinkAck": 21}[entry["inner"]]
         inner = {k: h(v) if k == "data" else v for k, v in entry["inner_fields"].items()}
         assert plaintext == msgpack.packb([1, tag, inner], use_bin_type=True)
+    assert firsts == {"dialer": "LinkAddresses", "listener": "LinkAddresses"}  # section 11.2: MUST
 
 
 def test_the_uri_from_the_spec() -> None:

@@ -7,7 +7,7 @@ Shared by the ``test_registry*.py`` modules, which import the fixtures explicitl
 
 Every record is derived from a device number ``i`` (and a pairing ``generation``),
 so a test and the writer process that test_registry_crash.py kills mid-write
-(which imports this module as ``tests.registry_harness``) build the same records.
+(which imports this module as ``support.registry_harness``) build the same records.
 This module must therefore import nothing from the tests directory.
 """
 

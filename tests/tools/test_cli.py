@@ -631,7 +631,7 @@ def test_the_demo_runs_end_to_end(dialer: str) -> None:
     assert lower == dialer
     low, high = lower.capitalize(), higher.capitalize()
     for line in (
-        "link.idle_timeout=3 (30)  link.keepalive_interval=1 (10)  link.backoff_min=0.2 (0.5)",
+        "link.idle_timeout=3 (9)  link.keepalive_interval=1 (6)  link.backoff_min=0.2 (0.5)",
         "[ok] same SAS words on both sides",
         "[ok] Alice (initiator) used 1 QUIC connection and 1 stream",
         "[ok] Bob (joiner) used 1 QUIC connection and 1 stream",
