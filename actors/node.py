@@ -61,6 +61,7 @@ from quicpair.actors.pairing.listener import ListenerActor
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState, RegistryActor, RegistryStore
 from quicpair.config.settings import Settings, load_settings
 from quicpair.protocol import errors
+from quicpair.protocol.codebook import Codebook
 from quicpair.protocol.codes import parse_code_or_uri, split_address
 from quicpair.protocol.errors import ErrorCode, IdentityError
 from quicpair.protocol.identity import Identity, NodeId
@@ -127,6 +128,7 @@ class Node:
             counters=Counters(),
             loop_thread=loop,
             log=get_logger(node=identity.node_id.fingerprint),
+            codebook=Codebook(max_open=self.settings.pairing.max_open_codes),
         )
         ctx.inbox = Inbox(f"quicpair-{identity.node_id.fingerprint}", ctx.counters, ctx.log)
         self._ctx, self._loop = ctx, loop

@@ -88,10 +88,22 @@ class InitiatorSession(PairingSessionBase):
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
             )
             host, port = self._link_to_attach.remote_address
-            self.store_pending(self._peer, event.peer_info, event.keys, format_address(host, port))
+            observed = format_address(host, port)
+            # Neither durable nor waited for (PROTOCOL.md 10.5): the coordinator decides with
+            # its CONFIRMED write, which the registry runs after this one; presumed abort
+            # covers the rest. A write that fails crashes the session, and the confirm then
+            # finds nothing to confirm: the pairing aborts.
+            self.store_pending(
+                self._peer, event.peer_info, event.keys, observed, what="pending_written", durable=False
+            )
+            machine = self.machine
+            assert isinstance(machine, Initiator)
+            machine.pending_stored(self.ctx.clock())
+            self.kill_point("initiator_before_complete")
         elif isinstance(event, CommitRequested):
             machine = self.machine
             assert isinstance(machine, Initiator) and machine.pairing_id is not None
+            self.kill_point("initiator_before_confirm")
             self.write("committed", "confirm", self._peer, machine.pairing_id, self.ctx.wall_clock())
         elif isinstance(event, PairingSucceeded):
             self._sas = event.keys.sas
@@ -146,8 +158,8 @@ class InitiatorSession(PairingSessionBase):
         machine = self.machine
         assert isinstance(machine, Initiator)
         now = self.ctx.clock()
-        if what == "pending_stored":
-            machine.pending_stored(now)
+        if what == "pending_written":
+            pass  # the machine went on when the write was queued (handle_event)
         elif what == "committed":
             if machine.is_finished:
                 # The commit step's deadline passed while the write was queued: the
@@ -158,6 +170,7 @@ class InitiatorSession(PairingSessionBase):
                     self.ctx.counters.incr("pair.completed.initiator")
                     self.write("record", "get", self._peer)
             elif result:
+                self.kill_point("initiator_before_decision")
                 machine.committed(now)
             else:
                 machine.commit_refused(now)

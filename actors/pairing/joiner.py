@@ -102,6 +102,9 @@ class JoinerSession(PairingSessionBase):
             self._peer = record.node_id
             self._address = self._addresses[0]
             self._keys_secret = self._in_doubt = (record.pairing_id, record.pairing_secret)
+            # The record to delete if the initiator answers ABORTED (without it, a resumed
+            # session that heard "not committed" left its PENDING record behind for good).
+            self._pending_record = (record.node_id, record.pairing_id)
             self._resolve_until = self.ctx.clock() + self.ctx.settings.pairing.resolve_timeout
             self.ctx.counters.incr("pair.in_doubt.joiner")
         self._dial(self._addresses, self._expect)
@@ -214,9 +217,13 @@ class JoinerSession(PairingSessionBase):
             observed = format_address(*self._address)
             self._keys_secret = (event.keys.pairing_id, event.keys.pairing_secret)
             self._sas = event.keys.sas
-            self.store_pending(self._peer, event.peer_info, event.keys, observed)
+            # Durable before the vote (PairDone): the initiator may commit on it (PROTOCOL.md 10.5).
+            self.store_pending(
+                self._peer, event.peer_info, event.keys, observed, what="pending_stored", durable=True
+            )
         elif isinstance(event, CommitRequested):
             assert isinstance(self.machine, Joiner) and self.machine.pairing_id is not None
+            self.kill_point("joiner_before_confirm")
             self._commit(self.machine.pairing_id)
         elif isinstance(event, PairingSucceeded):
             self.pending_confirmed()
@@ -254,7 +261,9 @@ class JoinerSession(PairingSessionBase):
 
     def _commit(self, pairing_id: bytes) -> None:
         assert self._peer is not None
-        self.write("committed", "confirm", self._peer, pairing_id, self.ctx.wall_clock())
+        # Not fsynced (PROTOCOL.md 10.5): lost with the machine's power, it leaves the durable
+        # PENDING record, which the next start resolves to CONFIRMED with the initiator.
+        self.write("committed", "confirm", self._peer, pairing_id, self.ctx.wall_clock(), False)
 
     def _on_in_doubt(self, event: PairingInDoubt) -> None:
         secret = self._keys_secret
@@ -304,9 +313,11 @@ class JoinerSession(PairingSessionBase):
         now = self.ctx.clock()
         if what == "pending_stored" and isinstance(machine, Joiner):
             self._voted = True  # PairDone goes out now: from here on, never forget the record
+            self.kill_point("joiner_before_vote")
             machine.pending_stored(now)
         elif what == "committed":
             if result:
+                self.kill_point("joiner_after_confirm")
                 self.pending_confirmed()
                 if isinstance(machine, Joiner) and not machine.is_finished:
                     machine.committed(now)

@@ -136,11 +136,11 @@ class RegistryActor(pykka.ThreadingActor):
 
     # -- the store's operations --------------------------------------------------------
 
-    def add_pending(self, record: DeviceRecord) -> None:
-        self._ready().add_pending(record)
+    def add_pending(self, record: DeviceRecord, durable: bool = True) -> None:
+        self._ready().add_pending(record, durable=durable)
 
-    def confirm(self, node_id: NodeId, pairing_id: bytes, now: float) -> bool:
-        return self._ready().confirm(node_id, pairing_id, now)
+    def confirm(self, node_id: NodeId, pairing_id: bytes, now: float, durable: bool = True) -> bool:
+        return self._ready().confirm(node_id, pairing_id, now, durable=durable)
 
     def delete_pending(self, node_id: NodeId, pairing_id: bytes) -> bool:
         return self._ready().delete_pending(node_id, pairing_id)
