@@ -110,6 +110,8 @@ class NodeSettings:
     listen_port: int = _rule(ge=0, le=65535)
     #: Pairing sessions at once; more are refused with BUSY.
     max_concurrent_pairings: int = _rule(ge=1, le=1024)
+    #: QUIC connections the listener holds at once (links, pairings, handshakes).
+    max_connections: int = _rule(ge=8, le=65536)
 
 
 @dataclass(frozen=True, slots=True)

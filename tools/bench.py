@@ -446,7 +446,7 @@ def run_concurrent(options: Options) -> Json:
                 [
                     f"pairing.max_open_codes={cap}",
                     f"node.max_concurrent_pairings={cap}",
-                    "pairing.step_timeout=30",
+                    f"node.max_connections={max(256, 4 * n)}",
                 ],
             )
             shares = [

@@ -90,6 +90,7 @@ class JoinerSession(PairingSessionBase):
         self._retry_timer: ActorTimer | None = None
         self._keys_secret: tuple[bytes, bytes] | None = None
         self._sas: tuple[str, ...] = ()
+        self._confirmed: DeviceRecord | None = None  # the record the CONFIRMED write returned
         self._resume = resume
         self._voted = resume is not None
 
@@ -237,7 +238,7 @@ class JoinerSession(PairingSessionBase):
                 send_key=keys.send_fingerprint,
                 receive_key=keys.receive_fingerprint,
             )
-            self.write("record", "get", self._peer)
+            self._on_record(self._confirmed)
         elif isinstance(event, PairingFailed):
             if event.pending_must_be_deleted:
                 self.forget_pending()
@@ -254,7 +255,6 @@ class JoinerSession(PairingSessionBase):
                 self._commit(event.pairing_id)
                 self.ctx.counters.incr("pair.completed.joiner")
                 self.log.info("pairing.completed", resolved=True, connections=self.connections)
-                self.write("record", "get", self._peer)
             else:
                 self.forget_pending()
                 self._settle_error(errors.PairingFailed(ErrorCode.ABORTED, remote=True))
@@ -263,7 +263,7 @@ class JoinerSession(PairingSessionBase):
         assert self._peer is not None
         # Not fsynced (PROTOCOL.md 10.5): lost with the machine's power, it leaves the durable
         # PENDING record, which the next start resolves to CONFIRMED with the initiator.
-        self.write("committed", "confirm", self._peer, pairing_id, self.ctx.wall_clock(), False)
+        self.write("committed", "confirm_and_get", self._peer, pairing_id, self.ctx.wall_clock(), False)
 
     def _on_in_doubt(self, event: PairingInDoubt) -> None:
         secret = self._keys_secret
@@ -316,17 +316,24 @@ class JoinerSession(PairingSessionBase):
             self.kill_point("joiner_before_vote")
             machine.pending_stored(now)
         elif what == "committed":
-            if result:
+            if result is not None:
                 self.kill_point("joiner_after_confirm")
                 self.pending_confirmed()
-                if isinstance(machine, Joiner) and not machine.is_finished:
-                    machine.committed(now)
+                self._confirmed = result
+                if isinstance(machine, Joiner):
+                    if not machine.is_finished:
+                        machine.committed(now)  # PairingSucceeded: handle_event reports the record
+                else:
+                    self._on_record(result)  # resolved after doubt
             else:
                 self.log.error("pairing.confirm_refused")
-        elif what == "record" and isinstance(result, DeviceRecord):
-            self._announce_paired(result)
+
+    def _on_record(self, record: DeviceRecord | None) -> None:
+        """The pairing is committed here: start its link, hand the device to the caller."""
+        if isinstance(record, DeviceRecord):
+            self._announce_paired(record)
             if not self.result.done():
-                self.result.set_result(Device.from_record(result, self._sas))
+                self.result.set_result(Device.from_record(record, self._sas))
 
     def may_forget_pending(self) -> bool:
         return not self._voted

@@ -28,9 +28,12 @@ Initial packets:
 - Per-source limit: one IP address holds at most ``max_handshakes_per_source``
   handshakes whose address is not validated; beyond that its Initials need a
   Retry too (so a spoofer cannot lock out a real host by forging its address),
-  and beyond that many *validated* handshakes its Initials are dropped
-  (``Listener.throttled`` counts them). One host alone therefore cannot fill
-  the table, spoofing or not.
+  and beyond ``max_validated_per_source`` *validated* handshakes (default: a
+  quarter of the table) its Initials are dropped (``Listener.throttled``
+  counts them; the client sends them again after its probe timeout). One host
+  alone therefore cannot fill the table, spoofing or not, while many devices
+  behind one address (a NAT, a test host, a provisioning script: 200 joiners
+  at once) proved that they receive its packets and may use their share.
 """
 
 from __future__ import annotations
@@ -65,15 +68,18 @@ from quicpair.actors.transport.udp import UdpSocket, check_timers, sockaddr
 from quicpair.protocol.errors import ConfigError, ErrorCode, QuicpairError
 from quicpair.protocol.identity import Identity, NodeId
 
-__all__ = ["MAX_HANDSHAKES_PER_SOURCE", "Admit", "Listener", "listen"]
+__all__ = ["MAX_HANDSHAKES_PER_SOURCE", "VALIDATED_SHARE", "Admit", "Listener", "listen"]
 
 #: ``admit(peer, alpn)``: None lets the connection in, an ErrorCode refuses it with that code.
 Admit = Callable[[NodeId, str], ErrorCode | None]
 
-#: Handshakes one IP address may hold without a validated address, and again with one.
-#: A dialer runs one handshake per peer at a time (a redial follows a failure),
-#: so 8 leaves room for a NAT with a few nodes behind it (DESIGN.md "Links").
+#: Handshakes one IP address may hold without a validated address. A dialer runs one
+#: handshake per peer at a time (a redial follows a failure), so 8 leaves room for a NAT
+#: with a few nodes behind it (DESIGN.md "Links"); more must answer a Retry first.
 MAX_HANDSHAKES_PER_SOURCE = 8
+#: Share of the connection table one validated address may hold in handshake (1/4): the
+#: other three quarters stay for other addresses and for link redials.
+VALIDATED_SHARE = 4
 
 
 def _invalid_token_close(version: int, source_cid: bytes, destination_cid: bytes) -> bytes:
@@ -115,6 +121,7 @@ class Listener:
         max_connections: int,
         retry_threshold: int | None = None,
         max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
+        max_validated_per_source: int | None = None,
     ) -> None:
         assert socket.transport is not None
         self._socket = socket
@@ -127,6 +134,11 @@ class Listener:
         self._max_connections = max_connections
         self._retry_threshold = max_connections // 2 if retry_threshold is None else retry_threshold
         self._per_source = max_handshakes_per_source
+        self._validated_per_source = (
+            max(max_handshakes_per_source, max_connections // VALIDATED_SHARE)
+            if max_validated_per_source is None
+            else max_validated_per_source
+        )
         self._retry = QuicRetryTokenHandler()  # a fresh AES-GCM key: tokens die with the listener
         # Handshakes in progress: link -> (source IP, address validated), and their counts.
         self._handshakes: dict[QuicLink, tuple[str, bool]] = {}
@@ -276,9 +288,10 @@ class Listener:
             self._send_retry(header, addr)
             return None
         validated = retry_cid is not None
-        if self._per_source_count[(source, validated)] >= self._per_source:
+        cap = self._validated_per_source if validated else self._per_source
+        if self._per_source_count[(source, validated)] >= cap:
             self.throttled += 1
-            self._log.debug("quic.initial_throttled", source=source, handshakes=self._per_source)
+            self._log.debug("quic.initial_throttled", source=source, handshakes=cap)
             return None
         if len(self._links) >= self._max_connections:
             return None
@@ -342,6 +355,7 @@ async def listen(
     max_connections: int = 256,
     retry_threshold: int | None = None,
     max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
+    max_validated_per_source: int | None = None,
 ) -> Listener:
     """Accept connections on ``host:port`` (port 0: any free port, see ``Listener.address``).
 
@@ -353,13 +367,16 @@ async def listen(
     Floods of Initials are contained (see the module docstring): Retry is
     required while ``retry_threshold`` handshakes are in progress (None: half
     of ``max_connections``; 0: always), and one IP address holds at most
-    ``max_handshakes_per_source`` handshakes.
+    ``max_handshakes_per_source`` handshakes without a validated address and
+    ``max_validated_per_source`` (None: a quarter of ``max_connections``) with one.
     """
     check_timers(idle_timeout, keepalive_interval, handshake_timeout)
     if not alpns:
         raise ConfigError("a listener needs at least one ALPN")
-    if max_connections < 1 or max_handshakes_per_source < 1:
-        raise ConfigError("max_connections and max_handshakes_per_source must be at least 1")
+    if max_connections < 1 or max_handshakes_per_source < 1 or (max_validated_per_source or 1) < 1:
+        raise ConfigError(
+            "max_connections, max_handshakes_per_source and max_validated_per_source must be at least 1"
+        )
     if retry_threshold is not None and retry_threshold < 0:
         raise ConfigError(f"retry_threshold ({retry_threshold}) must not be negative")
     loop = asyncio.get_running_loop()
@@ -380,6 +397,7 @@ async def listen(
         max_connections=max_connections,
         retry_threshold=retry_threshold,
         max_handshakes_per_source=max_handshakes_per_source,
+        max_validated_per_source=max_validated_per_source,
     )
     listener._log.debug("quic.listening", alpns=alpns)
     return listener
