@@ -59,7 +59,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PLANNED", "SECTIONS", "Section", "main"]
+__all__ = ["PLANNED", "SECTIONS", "ConcurrentRun", "Section", "main", "pair_at_once"]
 
 Json = dict[str, Any]
 
@@ -223,11 +223,13 @@ def initiator(started: list[Child], workdir: Path, name: str, settings: Sequence
     return child, child.wait_line(lambda line: line.get("event") in ("ready", "failed"))
 
 
-def _joiner_settings(name: str) -> Any:
+def _joiner_settings(name: str, step_timeout: float = 10.0) -> Any:
     from quicpair.config.settings import load_settings
 
     return load_settings(
-        node={"listen_host": "127.0.0.1", "listen_port": 0, "name": name}, discovery={"mdns": False}
+        node={"listen_host": "127.0.0.1", "listen_port": 0, "name": name},
+        pairing={"step_timeout": step_timeout},
+        discovery={"mdns": False},
     )
 
 
@@ -393,7 +395,7 @@ def run_pairing(options: Options) -> Json:
 # -- section: many pairings at once against one initiator --------------------------------------
 
 
-def _joiners_worker(count: int, workdir: Path) -> None:
+def _joiners_worker(count: int, workdir: Path, step_timeout: float) -> None:
     """Child: ``count`` joiner nodes; on {"uris": [...]} they all join at once."""
     from quicpair.actors.kernel.logs import configure_logging
     from quicpair.actors.node import Node
@@ -402,7 +404,10 @@ def _joiners_worker(count: int, workdir: Path) -> None:
     configure_logging(level="warning", fmt="json", stream=(workdir / "nodes.log").open("a"))
     with ThreadPoolExecutor(max_workers=16) as pool:
         nodes = list(
-            pool.map(lambda i: Node(workdir / f"n{i}", _joiner_settings(f"n{i}")).start(), range(count))
+            pool.map(
+                lambda i: Node(workdir / f"n{i}", _joiner_settings(f"n{i}", step_timeout)).start(),
+                range(count),
+            )
         )
     print(json.dumps({"event": "ready"}), flush=True)
     line = sys.stdin.readline()
@@ -414,7 +419,7 @@ def _joiners_worker(count: int, workdir: Path) -> None:
         barrier.wait(timeout=WAIT)
         start = time.perf_counter()
         try:
-            node.join(uri, timeout=60)
+            node.join(uri, timeout=6 * step_timeout + 30)
         except QuicpairError as exc:
             code = getattr(exc, "code", None)
             return {
@@ -431,69 +436,84 @@ def _joiners_worker(count: int, workdir: Path) -> None:
         list(pool.map(lambda node: node.stop(), nodes))
 
 
+@dataclass(frozen=True)
+class ConcurrentRun:
+    """What :func:`pair_at_once` saw."""
+
+    #: Seconds from the start signal to the last joiner's answer.
+    wall: float
+    #: One per joiner: ``{"ms": latency, "error": None or the error's code name}``.
+    results: list[Json]
+    #: The initiator's counters afterwards.
+    initiator_counters: dict[str, int]
+
+
+def pair_at_once(n: int, workers: int, workdir: Path, *, step_timeout: float = 10.0) -> ConcurrentRun:
+    """``n`` joiner nodes in ``workers`` child processes pair at once with one initiator process.
+
+    The initiator takes ``n`` open codes and ``n`` sessions (its settings say so), and a
+    connection table of ``4 n`` (at least 256); everything else is the defaults, its flood
+    protections included. Joiners use ``step_timeout`` (their dial and step bound).
+    """
+    with children() as started:
+        cap = max(n, 32)
+        alice, _ = initiator(
+            started,
+            workdir,
+            "initiator",
+            [
+                f"pairing.max_open_codes={cap}",
+                f"node.max_concurrent_pairings={cap}",
+                f"node.max_connections={max(256, 4 * n)}",
+            ],
+        )
+        shares = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
+        joiners = []
+        for i, share in enumerate(shares):
+            (workdir / f"w{i}").mkdir()
+            argv = ["-m", "quicpair.tools.bench", "joiners", "--count", str(share)]
+            argv += ["--dir", str(workdir / f"w{i}"), "--step-timeout", str(step_timeout)]
+            worker = Child(f"w{i}", argv, workdir)
+            started.append(worker)
+            joiners.append(worker)
+        for worker in joiners:
+            worker.wait_line(lambda line: line.get("event") == "ready", timeout=WAIT + n)
+        uris = [alice.call("pair")["uri"] for _ in range(n)]
+        start = time.perf_counter()
+        offset = 0
+        for worker, share in zip(joiners, shares, strict=True):
+            worker.send({"uris": uris[offset : offset + share]})
+            offset += share
+        results: list[Json] = []
+        for worker in joiners:
+            bound = WAIT + 6 * step_timeout
+            results += worker.wait_line(lambda line: line.get("event") == "results", timeout=bound)["results"]
+        wall = time.perf_counter() - start
+        counters = alice.call("counters")
+        for worker in joiners:
+            worker.send({"stop": True})
+    return ConcurrentRun(wall, results, counters)
+
+
 def run_concurrent(options: Options) -> Json:
     rows: list[Json] = []
     raw: dict[str, Any] = {}
     for n in options.concurrency:
         workdir = options.workdir / f"concurrent-{n}"
         workdir.mkdir()
-        with children() as started:
-            cap = max(n, 32)
-            alice, _ = initiator(
-                started,
-                workdir,
-                "initiator",
-                [
-                    f"pairing.max_open_codes={cap}",
-                    f"node.max_concurrent_pairings={cap}",
-                    f"node.max_connections={max(256, 4 * n)}",
-                ],
-            )
-            shares = [
-                n // options.workers + (1 if i < n % options.workers else 0) for i in range(options.workers)
-            ]
-            workers = []
-            for i, share in enumerate(shares):
-                (workdir / f"w{i}").mkdir()
-                argv = [
-                    "-m",
-                    "quicpair.tools.bench",
-                    "joiners",
-                    "--count",
-                    str(share),
-                    "--dir",
-                    str(workdir / f"w{i}"),
-                ]
-                worker = Child(f"w{i}", argv, workdir)
-                started.append(worker)
-                workers.append(worker)
-            for worker in workers:
-                worker.wait_line(lambda line: line.get("event") == "ready")
-            uris = [alice.call("pair")["uri"] for _ in range(n)]
-            start = time.perf_counter()
-            offset = 0
-            for worker, share in zip(workers, shares, strict=True):
-                worker.send({"uris": uris[offset : offset + share]})
-                offset += share
-            results: list[Json] = []
-            for worker in workers:
-                results += worker.wait_line(lambda line: line.get("event") == "results")["results"]
-            wall = time.perf_counter() - start
-            counters = alice.call("counters")
-            for worker in workers:
-                worker.send({"stop": True})
-        failures = Counter(r["error"] for r in results if r["error"])
-        latencies = [r["ms"] for r in results if not r["error"]]
+        run = pair_at_once(n, options.workers, workdir)
+        failures = Counter(r["error"] for r in run.results if r["error"])
+        latencies = [r["ms"] for r in run.results if not r["error"]]
         rows.append(
             {
                 "what": f"{n} pairings at once, {options.workers} joiner processes, one source address",
-                "wall_s": wall,
+                "wall_s": run.wall,
                 "failed": sum(failures.values()),
                 "failures": dict(failures),
                 **{f"latency_{k}": v for k, v in summary(latencies).items() if k != "n"},
             }
         )
-        raw[str(n)] = {"results": results, "initiator_counters": counters}
+        raw[str(n)] = {"results": run.results, "initiator_counters": run.initiator_counters}
     return {"rows": rows, "targets": {"200_wall_s": 3.0, "failed": 0}, "raw": raw}
 
 
@@ -567,8 +587,9 @@ def main(argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog="python -m quicpair.tools.bench joiners")
         parser.add_argument("--count", type=int, required=True)
         parser.add_argument("--dir", type=Path, required=True)
+        parser.add_argument("--step-timeout", type=float, default=10.0)
         sub = parser.parse_args(args[1:])
-        _joiners_worker(sub.count, sub.dir)
+        _joiners_worker(sub.count, sub.dir, sub.step_timeout)
         return 0
     parser = argparse.ArgumentParser(
         prog="python -m quicpair.tools.bench", description=__doc__.split("\n")[0]

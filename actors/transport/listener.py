@@ -39,7 +39,9 @@ Initial packets:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket as pysocket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -77,6 +79,8 @@ Admit = Callable[[NodeId, str], ErrorCode | None]
 #: handshake per peer at a time (a redial follows a failure), so 8 leaves room for a NAT
 #: with a few nodes behind it (DESIGN.md "Links"); more must answer a Retry first.
 MAX_HANDSHAKES_PER_SOURCE = 8
+#: Receive buffer of the listening socket (bytes).
+RECEIVE_BUFFER = 4 * 1024 * 1024
 #: Share of the connection table one validated address may hold in handshake (1/4): the
 #: other three quarters stay for other addresses and for link redials.
 VALIDATED_SHARE = 4
@@ -384,6 +388,13 @@ async def listen(
         _, socket = await loop.create_datagram_endpoint(UdpSocket, local_addr=(host, port))
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock = socket.transport.get_extra_info("socket") if socket.transport is not None else None
+    if sock is not None:
+        # A burst of handshakes (200 joiners at once) overflowed the default buffer (~208 KB)
+        # while the loop was busy: 1026 Initials dropped in one run (RcvbufErrors), each one
+        # costing its dialer a probe timeout. The kernel caps this at net.core.rmem_max.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, RECEIVE_BUFFER)
     config = quic_configuration(
         identity, is_client=False, alpns=alpns, idle_timeout=idle_timeout, now=time.time()
     )
