@@ -19,6 +19,14 @@ sample, so that a busy machine slows both alike:
     bidirectional stream, three request/response exchanges of pairing-sized
     frames, close. No actors, no PAKE, no disk. p50/p95/p99 of both, and the
     ratios.
+``pake``
+    SPAKE2 alone: one side's start and finish, this package's (libsodium)
+    and the reference ``spake2`` package's (pure Python), when installed.
+``steps``
+    Where a pairing's time goes: two nodes in this process, the session
+    actors' methods wrapped to stamp when each step first happens (session
+    started, handshake done, each machine event, each registry write done);
+    the median time of each step from ``join()``. A profile, not a target.
 ``concurrent``
     N pairings started at once against one initiator (N = 50 and 200 in the
     full run), the joiners spread over ``--workers`` child processes (4), all
@@ -43,6 +51,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -109,7 +118,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -436,6 +445,134 @@ def _joiners_worker(count: int, workdir: Path, step_timeout: float) -> None:
         list(pool.map(lambda node: node.stop(), nodes))
 
 
+# -- section: SPAKE2, libsodium against the reference -----------------------------------------
+
+
+def run_pake(options: Options) -> Json:
+    """One side's start + finish, quicpair's SPAKE2 (libsodium) and the ``spake2`` package's."""
+    from quicpair.protocol.identity import NodeId
+    from quicpair.protocol.keys import Role
+    from quicpair.protocol.pake import spake2_for
+
+    ids = (NodeId(bytes([1]) * 32), NodeId(bytes([2]) * 32))
+
+    def ours() -> None:
+        a = spake2_for(Role.INITIATOR, b"acid-zone-wrist", *ids, os.urandom)
+        b = spake2_for(Role.JOINER, b"acid-zone-wrist", *ids, os.urandom)
+        msg_a, msg_b = a.start(), b.start()
+        a.finish(msg_b)
+        b.finish(msg_a)
+
+    def timed(run: Callable[[], None], n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            start = time.perf_counter()
+            run()
+            out.append((time.perf_counter() - start) * 1000 / 2)  # per side
+        return out
+
+    rows = [{"what": "quicpair SPAKE2 (libsodium), ms per side", **summary(timed(ours, 400))}]
+    try:
+        from spake2 import SPAKE2_A, SPAKE2_B  # the reference: a test dependency
+    except ImportError:
+        return {"rows": rows}
+
+    def reference() -> None:
+        a = SPAKE2_A(b"acid-zone-wrist", idA=ids[0].raw, idB=ids[1].raw)
+        b = SPAKE2_B(b"acid-zone-wrist", idA=ids[0].raw, idB=ids[1].raw)
+        msg_a, msg_b = a.start(), b.start()
+        a.finish(msg_b)
+        b.finish(msg_a)
+
+    rows.append({"what": "spake2 0.9 (pure Python), ms per side", **summary(timed(reference, 20))})
+    return {"rows": rows}
+
+
+# -- section: where a pairing's time goes, step by step ----------------------------------------
+
+
+#: (class path, method, label): each call's first time in a pairing is stamped. The label may
+#: hold ``{role}`` and ``{arg}`` (the event's type, or the write's name).
+_STEPS = (
+    ("quicpair.actors.pairing.joiner.JoinerSession", "begin", "joiner: session started"),
+    ("quicpair.actors.pairing.joiner.JoinerSession", "_on_dialed", "joiner: dialed (handshake done)"),
+    ("quicpair.actors.pairing.initiator.InitiatorSession", "begin", "initiator: session started"),
+    ("quicpair.actors.pairing.session.PairingSessionBase", "handle_event", "{role}: {arg}"),
+    ("quicpair.actors.pairing.session.PairingSessionBase", "_on_write_done", "{role}: write done ({arg})"),
+)
+
+
+@contextlib.contextmanager
+def _stamping(marks: dict[str, float]) -> Iterator[None]:
+    """Wrap the methods of :data:`_STEPS` to stamp ``marks`` (restored afterwards)."""
+    import importlib
+
+    undo: list[tuple[type, str, Any]] = []
+
+    def wrap(cls: type, name: str, label: str) -> None:
+        original = cls.__dict__.get(name)
+        inherited = getattr(cls, name)
+
+        def stamped(self: Any, *args: Any) -> Any:
+            arg = args[0] if args else None
+            what = getattr(arg, "what", None) or type(arg).__name__
+            role = getattr(getattr(self, "role", None), "value", "")
+            marks.setdefault(label.format(role=role, arg=what), time.perf_counter())
+            return inherited(self, *args)
+
+        setattr(cls, name, stamped)
+        undo.append((cls, name, original))
+
+    for path, name, label in _STEPS:
+        module, _, cls_name = path.rpartition(".")
+        cls = getattr(importlib.import_module(module), cls_name)
+        if name == "handle_event" or name == "_on_write_done":
+            for sub in (
+                importlib.import_module("quicpair.actors.pairing.joiner").JoinerSession,
+                importlib.import_module("quicpair.actors.pairing.initiator").InitiatorSession,
+            ):
+                wrap(sub, name, label)
+        else:
+            wrap(cls, name, label)
+    try:
+        yield
+    finally:
+        for cls, name, original in reversed(undo):
+            if original is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, original)
+
+
+def run_steps(options: Options) -> Json:
+    """Two nodes in this process, the session methods wrapped: when each step happens."""
+    from quicpair.actors.node import Node
+
+    marks: dict[str, float] = {}
+    rows: list[dict[str, float]] = []
+    samples = max(10, options.samples // 4)
+    with Node(options.workdir / "steps-initiator", _joiner_settings("steps-i")) as alice, _stamping(marks):
+        for i in range(samples + 2):
+            with Node(options.workdir / f"steps-{i}", _joiner_settings(f"steps-{i}")) as bob:
+                offer = alice.pair()
+                marks.clear()
+                start = marks["join() called"] = time.perf_counter()
+                bob.join(offer.uri, timeout=30)
+                marks["join() returned"] = time.perf_counter()
+                if i >= 2:
+                    rows.append({k: (v - start) * 1000 for k, v in marks.items()})
+    names = sorted(
+        {k for row in rows for k in row}, key=lambda k: statistics.median(r.get(k, 0) for r in rows)
+    )
+    table = []
+    previous = 0.0
+    for name in names:
+        at = statistics.median(r[name] for r in rows if name in r)
+        table.append({"what": name, "at_ms": at, "since_previous_ms": at - previous})
+        previous = at
+    return {"rows": table, "samples": len(rows), "raw": rows}
+
+
 @dataclass(frozen=True)
 class ConcurrentRun:
     """What :func:`pair_at_once` saw."""
@@ -518,6 +655,8 @@ def run_concurrent(options: Options) -> Json:
 
 
 SECTIONS = (
+    Section("pake", "SPAKE2, one side (start and finish)", run_pake),
+    Section("steps", "A pairing step by step (two nodes in one process, medians)", run_steps),
     Section("pairing", "Pairing latency, two processes, against the transport floor", run_pairing),
     Section("concurrent", "Concurrent pairings against one initiator", run_concurrent),
 )
