@@ -491,22 +491,28 @@ def run_pake(options: Options) -> Json:
 # -- section: where a pairing's time goes, step by step ----------------------------------------
 
 
-#: (class path, method, label): each call's first time in a pairing is stamped. The label may
+#: (role, method, label): each call's first time in a pairing is stamped. The label may
 #: hold ``{role}`` and ``{arg}`` (the event's type, or the write's name).
 _STEPS = (
-    ("quicpair.actors.pairing.joiner.JoinerSession", "begin", "joiner: session started"),
-    ("quicpair.actors.pairing.joiner.JoinerSession", "_on_dialed", "joiner: dialed (handshake done)"),
-    ("quicpair.actors.pairing.initiator.InitiatorSession", "begin", "initiator: session started"),
-    ("quicpair.actors.pairing.session.PairingSessionBase", "handle_event", "{role}: {arg}"),
-    ("quicpair.actors.pairing.session.PairingSessionBase", "_on_write_done", "{role}: write done ({arg})"),
+    ("joiner", "begin", "joiner: session started"),
+    ("joiner", "_on_dialed", "joiner: dialed (handshake done)"),
+    ("initiator", "begin", "initiator: session started"),
+    ("both", "handle_event", "{role}: {arg}"),
+    ("both", "_on_write_done", "{role}: write done ({arg})"),
 )
 
 
 @contextlib.contextmanager
 def _stamping(marks: dict[str, float]) -> Iterator[None]:
-    """Wrap the methods of :data:`_STEPS` to stamp ``marks`` (restored afterwards)."""
-    import importlib
+    """Wrap the session methods of :data:`_STEPS` to stamp ``marks`` (restored afterwards)."""
+    from quicpair.actors.pairing.initiator import InitiatorSession
+    from quicpair.actors.pairing.joiner import JoinerSession
 
+    classes: dict[str, tuple[type, ...]] = {
+        "joiner": (JoinerSession,),
+        "initiator": (InitiatorSession,),
+        "both": (JoinerSession, InitiatorSession),
+    }
     undo: list[tuple[type, str, Any]] = []
 
     def wrap(cls: type, name: str, label: str) -> None:
@@ -523,16 +529,8 @@ def _stamping(marks: dict[str, float]) -> Iterator[None]:
         setattr(cls, name, stamped)
         undo.append((cls, name, original))
 
-    for path, name, label in _STEPS:
-        module, _, cls_name = path.rpartition(".")
-        cls = getattr(importlib.import_module(module), cls_name)
-        if name == "handle_event" or name == "_on_write_done":
-            for sub in (
-                importlib.import_module("quicpair.actors.pairing.joiner").JoinerSession,
-                importlib.import_module("quicpair.actors.pairing.initiator").InitiatorSession,
-            ):
-                wrap(sub, name, label)
-        else:
+    for role, name, label in _STEPS:
+        for cls in classes[role]:
             wrap(cls, name, label)
     try:
         yield
