@@ -68,6 +68,7 @@ from quicpair.actors.registry.actor import (
 )
 from quicpair.config.settings import Settings, load_settings
 from quicpair.protocol import errors
+from quicpair.protocol.codebook import Codebook
 from quicpair.protocol.codes import parse_code_or_uri, split_address
 from quicpair.protocol.errors import ErrorCode, IdentityError
 from quicpair.protocol.identity import Identity, NodeId
@@ -140,6 +141,7 @@ class Node:
             loop_thread=loop,
             log=get_logger(node=identity.node_id.fingerprint),
             send_epoch=epoch,
+            codebook=Codebook(max_open=self.settings.pairing.max_open_codes),
         )
         ctx.inbox = Inbox(
             f"quicpair-{identity.node_id.fingerprint}", ctx.counters, ctx.log, on_room=self._inbox_room

@@ -35,6 +35,7 @@ from quicpair.protocol.errors import ConfigError
 from quicpair.protocol.messages import MAX_NAME_LEN, MESSAGE_TYPES
 
 __all__ = [
+    "KILL_POINTS",
     "DiscoverySettings",
     "LinkSettings",
     "LogSettings",
@@ -79,6 +80,15 @@ def _check_name(value: str) -> str | None:
     return None
 
 
+#: Where ``[testing] kill_at`` may kill a node during a pairing (actors/pairing/session.py).
+KILL_POINTS = (
+    "initiator_before_complete",
+    "initiator_before_confirm",
+    "initiator_before_decision",
+    "joiner_before_vote",
+    "joiner_before_confirm",
+    "joiner_after_confirm",
+)
 _MESSAGE_NAMES = tuple(sorted(cls.__name__ for cls in MESSAGE_TYPES.values()))
 
 
@@ -100,6 +110,8 @@ class NodeSettings:
     listen_port: int = _rule(ge=0, le=65535)
     #: Pairing sessions at once; more are refused with BUSY.
     max_concurrent_pairings: int = _rule(ge=1, le=1024)
+    #: QUIC connections the listener holds at once (links, pairings, handshakes).
+    max_connections: int = _rule(ge=8, le=65536)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +126,8 @@ class PairingSettings:
     step_timeout: float = _rule(gt=0, le=600)
     #: How long an in-doubt joiner keeps trying to learn the outcome.
     resolve_timeout: float = _rule(gt=0, le=_DAY)
+    #: Codes open at once on this node; opening more is refused with BUSY.
+    max_open_codes: int = _rule(ge=1, le=4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +198,8 @@ class TestingSettings:
     force_simultaneous_dial: bool = _rule()
     #: The waiting side sends no restart notices (as if every one were lost).
     drop_restart_notice: bool = _rule()
+    #: The node SIGKILLs itself at this step of a pairing ("" = never): the crash tests.
+    kill_at: str = _rule(choices=("", *KILL_POINTS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,22 +1,40 @@
 """SPAKE2 behind a small typed interface: the only way a pairing code becomes a key.
 
-The PAKE is SPAKE2 over Ed25519 from the ``spake2`` package (the reference
-implementation magic-wormhole uses). The initiator is side A and the joiner
-side B; the identities are the two NodeIds *as each side saw them in the TLS
+The PAKE is SPAKE2 over Ed25519 exactly as the ``spake2`` package 0.9 computes
+it (the implementation magic-wormhole uses; docs/PROTOCOL.md, "Key schedule"),
+with every point operation done by libsodium through PyNaCl: ~0.5 ms a side
+instead of 15-24 ms of pure Python. The initiator is side A and the joiner side
+B; the identities are the two NodeIds *as each side saw them in the TLS
 handshake*, so a relay presenting its own NodeId on either side makes the two
-keys differ and key confirmation fails (docs/PROTOCOL.md, "Key schedule").
+keys differ and key confirmation fails. ``spake2`` stays the reference the
+tests hold this module to, byte for byte (tests/protocol/test_pake.py).
 
 Someone who does not know the code learns nothing from the messages: they
 cannot test guesses offline, only by running the protocol, once per guess,
 against a node that counts the attempt (``protocol.codebook``).
 
-``spake2`` is untyped and raises its own exceptions, ``ValueError`` and
-``NotOnCurve`` on bad points; :class:`Spake2` converts all of them at this
-boundary. A peer message is also held to the strict form before ``spake2``
-sees it: exactly 33 bytes, the expected side byte, and a canonical encoding of
-a group element other than the identity. (``spake2`` 0.9 truncates longer
-messages and accepts a non-canonical encoding of the identity element, which
-would hand the transcript a second spelling of a degenerate point.)
+Where the two libraries differ, and what this module does about it:
+
+* ``spake2`` reads its scalars (the password hash, the random draw) as
+  big-endian integers; libsodium's scalars are little-endian bytes. The bytes
+  are reversed before libsodium reduces them mod L.
+* ``spake2`` maps a zero scalar to the identity element; libsodium refuses to
+  produce the identity (``crypto_scalarmult_ed25519_noclamp`` fails). A zero
+  scalar, and a difference that is the identity, are handled here, giving the
+  identity's encoding exactly as ``spake2`` does.
+* ``M`` and ``N`` are ``spake2``'s encoded constants, taken as bytes, not
+  derived again (the derivation is in PROTOCOL.md 8.1 and checked by the
+  vector tests).
+* A peer's message is held to a stricter form than ``spake2`` alone: exactly
+  33 bytes, the other side's byte, and 32 bytes that
+  ``crypto_core_ed25519_is_valid_point`` accepts -- a canonical encoding of a
+  point on the curve, in the prime-order subgroup, not of small order (so
+  never the identity, in any spelling). ``spake2`` 0.9 truncates longer
+  messages and accepts a non-canonical encoding of the identity; the check is
+  libsodium's, in C. A message equal to our own is refused (reflection).
+
+libsodium's errors are converted at this boundary; nothing from ``nacl``
+escapes.
 
 States of one :class:`Spake2` (one transition table, :data:`_TRANSITIONS`)::
 
@@ -27,24 +45,65 @@ States of one :class:`Spake2` (one transition table, :data:`_TRANSITIONS`)::
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from spake2 import SPAKE2_A, SPAKE2_B, SPAKEError
-from spake2.ed25519_basic import NotOnCurve
-from spake2.ed25519_group import Ed25519Group
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl import bindings as sodium
+from nacl.exceptions import CryptoError
 
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .identity import NodeId
 from .keys import Role
 from .messages import PAKE_MESSAGE_SIZE
 
-__all__ = ["PAKE_KEY_SIZE", "Pake", "Spake2", "spake2_for"]
+__all__ = ["PAKE_KEY_SIZE", "M", "N", "Pake", "Spake2", "spake2_for"]
 
 #: The SPAKE2 key K: SHA-256 of the SPAKE2 transcript.
 PAKE_KEY_SIZE = 32
 
+#: ``spake2`` 0.9's ``arbitrary_element(b"M")`` and ``(b"N")``, encoded (PROTOCOL.md 8.1).
+M = bytes.fromhex("15cfd18e385952982b6a8f8c7854963b58e34388c8e6dae891db756481a02312")
+N = bytes.fromhex("f04f2e7eb734b2a8f8b472eaf9c3c632576ac64aea650b496a8a20ff00e583c3")
+
+#: The identity element (0, 1), RFC 8032 5.1.2 encoding.
+_IDENTITY = b"\x01" + bytes(31)
+_ZERO_SCALAR = bytes(32)
+#: ``spake2``'s password scalar: HKDF-SHA256 to 32 + 16 bytes (bias below 2^-128), mod L.
+_PW_HASH_SIZE = 48
+#: ``spake2``'s ephemeral scalar: 64 bytes of ``rand``, mod L.
+_RAND_SIZE = 64
+
 _SIDE_BYTE = {Role.INITIATOR: b"A", Role.JOINER: b"B"}
+_BLINDING = {Role.INITIATOR: M, Role.JOINER: N}
+
+
+def _scalar_from_big_endian(data: bytes) -> bytes:
+    """``int_be(data) mod L`` as libsodium's 32 little-endian bytes (``data`` up to 64 bytes)."""
+    return sodium.crypto_core_ed25519_scalar_reduce(data[::-1].ljust(64, b"\x00"))
+
+
+def _mul(scalar: bytes, point: bytes) -> bytes:
+    """``scalar * point`` for a prime-order ``point``; the identity for a zero scalar (as spake2)."""
+    if scalar == _ZERO_SCALAR:
+        return _IDENTITY
+    return sodium.crypto_scalarmult_ed25519_noclamp(scalar, point)
+
+
+def _mul_base(scalar: bytes) -> bytes:
+    if scalar == _ZERO_SCALAR:
+        return _IDENTITY
+    return sodium.crypto_scalarmult_ed25519_base_noclamp(scalar)
+
+
+def _password_scalar(password: bytes) -> bytes:
+    """``w``: the password as a scalar, exactly as ``spake2`` 0.9 derives it (little-endian)."""
+    oversized = HKDF(algorithm=hashes.SHA256(), length=_PW_HASH_SIZE, salt=b"", info=b"SPAKE2 pw").derive(
+        password
+    )
+    return _scalar_from_big_endian(oversized)
 
 
 class Pake(Protocol):
@@ -90,7 +149,7 @@ def _peer_protocol_error(role: Role, why: str) -> RemoteProtocolError:
 class Spake2:
     """SPAKE2 for one role; see :func:`spake2_for`."""
 
-    __slots__ = ("_impl", "_role", "_state")
+    __slots__ = ("_ids", "_outbound", "_password", "_rand", "_role", "_state", "_w", "_xy")
 
     def __init__(
         self,
@@ -104,10 +163,14 @@ class Spake2:
             raise ValueError("the PAKE password is non-empty bytes (the code's canonical secret)")
         if initiator == joiner:
             raise ValueError("initiator and joiner must be different nodes")
-        side = SPAKE2_A if role is Role.INITIATOR else SPAKE2_B
         self._role = role
         self._state = _State.S0_created
-        self._impl: Any = side(password, idA=initiator.raw, idB=joiner.raw, entropy_f=rand)
+        self._password = password
+        self._ids = (initiator.raw, joiner.raw)
+        self._rand = rand
+        self._w = b""
+        self._xy = b""
+        self._outbound = b""
 
     def __repr__(self) -> str:
         return f"Spake2({self._role.value}, {self._state.value})"
@@ -128,32 +191,43 @@ class Spake2:
 
     def start(self) -> bytes:
         self._move(_Event.START)
-        message = self._impl.start()
-        if not isinstance(message, bytes) or len(message) != PAKE_MESSAGE_SIZE:
-            # Would mean an incompatible spake2 release; setup.cfg pins 0.9.
-            raise LocalProtocolError(ErrorCode.INTERNAL_ERROR, "spake2 produced a message of unexpected size")
-        return message
+        entropy = self._rand(_RAND_SIZE)
+        if not isinstance(entropy, bytes) or len(entropy) != _RAND_SIZE:
+            raise LocalProtocolError(ErrorCode.INTERNAL_ERROR, f"rand must return {_RAND_SIZE} bytes")
+        self._w = _password_scalar(self._password)
+        self._xy = _scalar_from_big_endian(entropy)
+        # X = x*B + w*M (initiator), Y = y*B + w*N (joiner). Both terms are prime-order
+        # points or the identity, so libsodium accepts them; the sum may not be rechecked.
+        own = sodium.crypto_core_ed25519_add(_mul_base(self._xy), _mul(self._w, _BLINDING[self._role]))
+        self._outbound = own
+        return _SIDE_BYTE[self._role] + own
 
     def finish(self, peer_message: bytes) -> bytes:
         self._move(_Event.FINISH)
         try:
-            self._check_peer_message(peer_message)
-            key = self._impl.finish(peer_message)
+            point = self._check_peer_message(peer_message)
         except RemoteProtocolError:
             self._state = _State.S_failed
             raise
-        except (SPAKEError, NotOnCurve, ValueError, AssertionError) as exc:
-            # spake2 reports reflection, wrong side and bad points with the
-            # first three, and checks some input sizes with ``assert``.
-            self._state = _State.S_failed
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            why = f"invalid peer message ({detail})"
-            raise _peer_protocol_error(self._role, why) from exc
-        if not isinstance(key, bytes) or len(key) != PAKE_KEY_SIZE:
-            raise LocalProtocolError(ErrorCode.INTERNAL_ERROR, "spake2 produced a key of unexpected size")
-        return key
+        unblinding = _BLINDING[self._role.peer]
+        # Z = x*(Y - w*N) (initiator), y*(X - w*M) (joiner). Y is a prime-order point (checked),
+        # so the difference is one too, or the identity: then Z is the identity, as in spake2.
+        try:
+            difference = sodium.crypto_core_ed25519_sub(point, _mul(self._w, unblinding))
+            shared = _IDENTITY if difference == _IDENTITY else _mul(self._xy, difference)
+        except CryptoError as exc:  # nacl.exceptions.RuntimeError included
+            # Cannot happen for a point that passed the check; never let it escape.
+            why = f"libsodium refused a SPAKE2 step: {exc}"
+            raise LocalProtocolError(ErrorCode.INTERNAL_ERROR, why) from exc
+        initiator_msg, joiner_msg = (
+            (self._outbound, point) if self._role is Role.INITIATOR else (point, self._outbound)
+        )
+        id_a, id_b = self._ids
+        digests = [hashlib.sha256(v).digest() for v in (self._password, id_a, id_b)]
+        return hashlib.sha256(b"".join([*digests, initiator_msg, joiner_msg, shared])).digest()
 
-    def _check_peer_message(self, message: bytes) -> None:
+    def _check_peer_message(self, message: bytes) -> bytes:
+        """The peer's point, once the message has passed every check (PROTOCOL.md 8.1 step 4)."""
         if not isinstance(message, bytes) or len(message) != PAKE_MESSAGE_SIZE:
             size = len(message) if isinstance(message, bytes) else type(message).__name__
             why = f"peer message must be {PAKE_MESSAGE_SIZE} bytes, got {size}"
@@ -164,9 +238,16 @@ class Spake2:
                 self._role, f"peer message has side byte {message[:1]!r}, expected {expected_side!r}"
             )
         point = message[1:]
-        element = Ed25519Group.bytes_to_element(point)  # ValueError/NotOnCurve: converted by finish
-        if element.to_bytes() != point:
-            raise _peer_protocol_error(self._role, "peer message is not a canonical group element encoding")
+        # In C: canonical encoding, on the curve, in the prime-order subgroup, not of small order.
+        if not sodium.crypto_core_ed25519_is_valid_point(point):
+            raise _peer_protocol_error(
+                self._role,
+                "peer message is not the canonical encoding of a point of the prime-order subgroup "
+                "(not on the curve, of small order, outside the subgroup, or non-canonical)",
+            )
+        if point == self._outbound:
+            raise _peer_protocol_error(self._role, "peer message is our own, reflected (ReflectionThwarted)")
+        return point
 
 
 def spake2_for(

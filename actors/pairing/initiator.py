@@ -11,6 +11,7 @@ about an earlier pairing; the registry answers it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from quicpair.actors.pairing.device import Device
@@ -35,7 +36,7 @@ from quicpair.protocol.pairing import (
     ResolveRequested,
 )
 
-__all__ = ["InitiatorSession"]
+__all__ = ["Adopt", "InitiatorSession"]
 
 _FINAL_CODE_ERRORS = {
     CodeState.BURNED: ErrorCode.CODE_USED_UP,
@@ -44,39 +45,81 @@ _FINAL_CODE_ERRORS = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """To a spare session: this accepted pairing connection is yours (the listener counted it)."""
+
+    link: QuicLink
+
+
 class InitiatorSession(PairingSessionBase):
-    """Holds one pairing connection accepted by the listener."""
+    """Holds one pairing connection accepted by the listener.
+
+    Started with ``link=None`` it is a *spare*: a session the listener starts
+    ahead of time, off any pairing's path, and hands the next connection with
+    :class:`Adopt` -- a message on the loop instead of a spawn through the
+    supervisor's thread (two thread hops and a start probe, ~5 ms measured
+    under load, docs/BENCHMARKS.md). A spare that never adopts ends silently.
+    """
 
     role = Role.INITIATOR
 
-    def __init__(self, ctx: Any, session_id: str, link: QuicLink) -> None:
+    def __init__(self, ctx: Any, session_id: str, link: QuicLink | None) -> None:
         super().__init__(ctx, session_id)
         self._link_to_attach = link
-        self._peer = link.peer
         self._sas: tuple[str, ...] = ()
+        self._confirmed: DeviceRecord | None = None  # the record the CONFIRMED write returned
         self._inspect = FrameDecoder() if ctx.settings.testing.crash_session_after else None
 
     def session_ended(self) -> None:
-        # The listener counted this session when it spawned it.
-        self.ctx.active_sessions -= 1
+        # The listener counted this session when it gave it a connection.
+        if self._link_to_attach is not None:
+            self.ctx.active_sessions -= 1
+
+    def on_start(self) -> None:
+        if self._link_to_attach is not None:
+            super().on_start()
 
     def begin(self) -> None:
         ctx = self.ctx
         self.machine = Initiator(
             local=ctx.identity.node_id,
-            peer=self._peer,
+            peer=self._held.peer,
             codebook=ctx.codebook,
             device_info=DeviceInfo(name=ctx.settings.node.name, addresses=ctx.direct_addresses()),
             now=ctx.clock(),
             rand=ctx.rand,
             step_timeout=ctx.settings.pairing.step_timeout,
         )
-        self.attach(self._link_to_attach)
+        self.attach(self._held)
         self.pump()
+
+    @property
+    def _held(self) -> QuicLink:
+        """The connection of this session (a spare has none yet)."""
+        link = self._link_to_attach
+        assert link is not None, f"session {self.session_id} holds no connection"
+        return link
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, Adopt):
+            if self._link_to_attach is not None:
+                raise RuntimeError(f"session {self.session_id} already holds a connection")
+            self._link_to_attach = message.link
+            # The session starts now. A failure here is a handler's: on_failure closes the
+            # link and gives the slot back, once.
+            self.log.info("pairing.session_started")
+            try:
+                self.begin()
+            except Exception as exc:
+                self.abandon(exc)
+                raise
+            return None
+        return super().on_other(message)
 
     def abandon(self, exc: BaseException) -> None:
         link = self._link_to_attach
-        if not link.is_closed:
+        if link is not None and not link.is_closed:
             link.close(ErrorCode.INTERNAL_ERROR, "pairing session failed to start")
 
     # -- machine events --------------------------------------------------------
@@ -87,12 +130,25 @@ class InitiatorSession(PairingSessionBase):
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
             )
-            host, port = self._link_to_attach.remote_address
-            self.store_pending(self._peer, event.peer_info, event.keys, format_address(host, port))
+            host, port = self._held.remote_address
+            observed = format_address(host, port)
+            # Neither durable nor waited for (PROTOCOL.md 10.5): the coordinator decides with
+            # its CONFIRMED write, which the registry runs after this one; presumed abort
+            # covers the rest. A write that fails crashes the session, and the confirm then
+            # finds nothing to confirm: the pairing aborts.
+            self.store_pending(
+                self._held.peer, event.peer_info, event.keys, observed, what="pending_written", durable=False
+            )
+            machine = self.machine
+            assert isinstance(machine, Initiator)
+            machine.pending_stored(self.ctx.clock())
+            self.kill_point("initiator_before_complete")
         elif isinstance(event, CommitRequested):
             machine = self.machine
             assert isinstance(machine, Initiator) and machine.pairing_id is not None
-            self.write("committed", "confirm", self._peer, machine.pairing_id, self.ctx.wall_clock())
+            self.kill_point("initiator_before_confirm")
+            peer, now = self._held.peer, self.ctx.wall_clock()
+            self.write("committed", "confirm_and_get", peer, machine.pairing_id, now)
         elif isinstance(event, PairingSucceeded):
             self._sas = event.keys.sas
             self.pending_confirmed()
@@ -105,7 +161,7 @@ class InitiatorSession(PairingSessionBase):
                 send_key=event.keys.for_role(Role.INITIATOR).send_fingerprint,
                 receive_key=event.keys.for_role(Role.INITIATOR).receive_fingerprint,
             )
-            self.write("record", "get", self._peer)
+            self._on_record(self._confirmed)
         elif isinstance(event, PairingFailed):
             self._on_failed(event)
         elif isinstance(event, ResolveRequested):
@@ -114,7 +170,7 @@ class InitiatorSession(PairingSessionBase):
         elif isinstance(event, ResolveAnswered):
             self.log.info("pairing.resolve_answered", committed=event.committed)
             if event.pending_must_be_deleted:
-                self._pending_record = (self._peer, event.pairing_id)
+                self._pending_record = (self._held.peer, event.pairing_id)
                 self.forget_pending()
 
     def _on_failed(self, event: PairingFailed) -> None:
@@ -136,6 +192,14 @@ class InitiatorSession(PairingSessionBase):
             )
             del self.ctx.offers[nameplate]
 
+    def _on_record(self, record: DeviceRecord | None) -> None:
+        """The pairing is committed here: start its link, settle the offer."""
+        self._announce_paired(record)
+        nameplate = self._nameplate()
+        offer = self.ctx.offers.pop(nameplate, None) if nameplate is not None else None
+        if offer is not None and not offer.result.done() and isinstance(record, DeviceRecord):
+            offer.result.set_result(Device.from_record(record, self._sas))
+
     def _nameplate(self) -> int | None:
         machine = self.machine
         return machine.nameplate if isinstance(machine, Initiator) else None
@@ -146,30 +210,26 @@ class InitiatorSession(PairingSessionBase):
         machine = self.machine
         assert isinstance(machine, Initiator)
         now = self.ctx.clock()
-        if what == "pending_stored":
-            machine.pending_stored(now)
+        if what == "pending_written":
+            pass  # the machine went on when the write was queued (handle_event)
         elif what == "committed":
             if machine.is_finished:
                 # The commit step's deadline passed while the write was queued: the
                 # registry's answer decides, not the deadline (the joiner, in doubt,
                 # will learn it with PairResolve).
-                if result:
+                if result is not None:
                     self.log.warning("pairing.committed_late")
                     self.ctx.counters.incr("pair.completed.initiator")
-                    self.write("record", "get", self._peer)
-            elif result:
-                machine.committed(now)
+                    self._on_record(result)
+            elif result is not None:
+                self.kill_point("initiator_before_decision")
+                self._confirmed = result
+                machine.committed(now)  # PairingSucceeded: handle_event reports the record
             else:
                 machine.commit_refused(now)
-        elif what == "record":
-            self._announce_paired(result)
-            nameplate = self._nameplate()
-            offer = self.ctx.offers.pop(nameplate, None) if nameplate is not None else None
-            if offer is not None and not offer.result.done() and isinstance(result, DeviceRecord):
-                offer.result.set_result(Device.from_record(result, self._sas))
         elif what == "resolve":
             record = result if isinstance(result, DeviceRecord) else None
-            if record is None or record.node_id != self._peer:
+            if record is None or record.node_id != self._held.peer:
                 machine.answer_resolve(False, None, now)
             else:
                 machine.answer_resolve(record.state is DeviceState.CONFIRMED, record.pairing_secret, now)

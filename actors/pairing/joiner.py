@@ -112,6 +112,7 @@ class JoinerSession(PairingSessionBase):
         self._retry_timer: ActorTimer | None = None
         self._keys_secret: tuple[bytes, bytes] | None = None
         self._sas: tuple[str, ...] = ()
+        self._confirmed: DeviceRecord | None = None  # the record the CONFIRMED write returned
         self._resume = resume
         self._voted = resume is not None
         self._dialing = False
@@ -126,6 +127,9 @@ class JoinerSession(PairingSessionBase):
             self._peer = record.node_id
             self._address = self._addresses[0]
             self._keys_secret = self._in_doubt = (record.pairing_id, record.pairing_secret)
+            # The record to delete if the initiator answers ABORTED (without it, a resumed
+            # session that heard "not committed" left its PENDING record behind for good).
+            self._pending_record = (record.node_id, record.pairing_id)
             self._resolve_until = self.ctx.clock() + self.ctx.settings.pairing.resolve_timeout
             self.ctx.counters.incr("pair.in_doubt.joiner")
             self._register_resolver()
@@ -254,9 +258,13 @@ class JoinerSession(PairingSessionBase):
             observed = format_address(*self._address)
             self._keys_secret = (event.keys.pairing_id, event.keys.pairing_secret)
             self._sas = event.keys.sas
-            self.store_pending(self._peer, event.peer_info, event.keys, observed)
+            # Durable before the vote (PairDone): the initiator may commit on it (PROTOCOL.md 10.5).
+            self.store_pending(
+                self._peer, event.peer_info, event.keys, observed, what="pending_stored", durable=True
+            )
         elif isinstance(event, CommitRequested):
             assert isinstance(self.machine, Joiner) and self.machine.pairing_id is not None
+            self.kill_point("joiner_before_confirm")
             self._commit(self.machine.pairing_id)
         elif isinstance(event, PairingSucceeded):
             self.pending_confirmed()
@@ -270,7 +278,7 @@ class JoinerSession(PairingSessionBase):
                 send_key=keys.send_fingerprint,
                 receive_key=keys.receive_fingerprint,
             )
-            self.write("record", "get", self._peer)
+            self._on_record(self._confirmed)
         elif isinstance(event, PairingFailed):
             if event.pending_must_be_deleted:
                 self.forget_pending()
@@ -288,14 +296,15 @@ class JoinerSession(PairingSessionBase):
                 self._commit(event.pairing_id)
                 self.ctx.counters.incr("pair.completed.joiner")
                 self.log.info("pairing.completed", resolved=True, connections=self.connections)
-                self.write("record", "get", self._peer)
             else:
                 self.forget_pending()
                 self._settle_error(errors.PairingFailed(ErrorCode.ABORTED, remote=True))
 
     def _commit(self, pairing_id: bytes) -> None:
         assert self._peer is not None
-        self.write("committed", "confirm", self._peer, pairing_id, self.ctx.wall_clock())
+        # Not fsynced (PROTOCOL.md 10.5): lost with the machine's power, it leaves the durable
+        # PENDING record, which the next start resolves to CONFIRMED with the initiator.
+        self.write("committed", "confirm_and_get", self._peer, pairing_id, self.ctx.wall_clock(), False)
 
     def _on_in_doubt(self, event: PairingInDoubt) -> None:
         secret = self._keys_secret
@@ -366,18 +375,27 @@ class JoinerSession(PairingSessionBase):
         now = self.ctx.clock()
         if what == "pending_stored" and isinstance(machine, Joiner):
             self._voted = True  # PairDone goes out now: from here on, never forget the record
+            self.kill_point("joiner_before_vote")
             machine.pending_stored(now)
         elif what == "committed":
-            if result:
+            if result is not None:
+                self.kill_point("joiner_after_confirm")
                 self.pending_confirmed()
-                if isinstance(machine, Joiner) and not machine.is_finished:
-                    machine.committed(now)
+                self._confirmed = result
+                if isinstance(machine, Joiner):
+                    if not machine.is_finished:
+                        machine.committed(now)  # PairingSucceeded: handle_event reports the record
+                else:
+                    self._on_record(result)  # resolved after doubt
             else:
                 self.log.error("pairing.confirm_refused")
-        elif what == "record" and isinstance(result, DeviceRecord):
-            self._announce_paired(result)
+
+    def _on_record(self, record: DeviceRecord | None) -> None:
+        """The pairing is committed here: start its link, hand the device to the caller."""
+        if isinstance(record, DeviceRecord):
+            self._announce_paired(record)
             if not self.result.done():
-                self.result.set_result(Device.from_record(result, self._sas))
+                self.result.set_result(Device.from_record(record, self._sas))
 
     def may_forget_pending(self) -> bool:
         return not self._voted

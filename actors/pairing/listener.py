@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pykka
+
 from quicpair.actors.context import NodeContext, Offer
 from quicpair.actors.kernel.exits import Supervised
 from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.kernel.loopactor import ActorTimer, LoopActor
 from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.kernel.supervisor import ChildSpec, Restart
-from quicpair.actors.pairing.initiator import InitiatorSession
+from quicpair.actors.pairing.initiator import Adopt, InitiatorSession
 from quicpair.actors.transport.listener import Listener, listen
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
@@ -46,6 +48,9 @@ class ListenerActor(Supervised, LoopActor):
         self._listener: Listener | None = None
         self._task: asyncio.Task[None] | None = None
         self._expiry: ActorTimer | None = None
+        #: A session started ahead of time, handed the next pairing connection (Adopt).
+        self._spare: Any = None
+        self._spare_starting = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -76,6 +81,7 @@ class ListenerActor(Supervised, LoopActor):
                     dead_after_ptos=ctx.settings.link.dead_after_ptos,
                     reset_key=ctx.reset_key,
                     on_notice=self._on_notice,
+                    max_connections=ctx.settings.node.max_connections,
                 )
             except errors.QuicpairError as exc:
                 if not ctx.bound.done():
@@ -89,8 +95,12 @@ class ListenerActor(Supervised, LoopActor):
                 ctx.bound.set_result(address)
 
         self._task = self.loop.create_task(bind())
+        self._start_spare()
 
     def on_stop(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.stop(block=False)
         if self._task is not None:
             self._task.cancel()
         if self._expiry is not None:
@@ -197,21 +207,52 @@ class ListenerActor(Supervised, LoopActor):
         else:
             link.close(ErrorCode.UNKNOWN_PEER, "no link owner")
 
-    def _start_session(self, link: QuicLink) -> None:
+    def _start_spare(self) -> None:
+        """Start the next spare session, off any pairing's path (InitiatorSession, "spare")."""
         sessions = self.ctx.sessions
-        if sessions is None:
-            link.close(ErrorCode.BUSY, "node is starting")
+        if sessions is None or self._spare is not None or self._spare_starting:
             return
         name = f"pair-i-{self.ctx.next_id()}"
         ctx = self.ctx
         spec = ChildSpec(
             name,
-            lambda: InitiatorSession.start_on(ctx.loop_thread, ctx, name, link),
+            lambda: InitiatorSession.start_on(ctx.loop_thread, ctx, name, None),
             restart=Restart.TEMPORARY,
         )
+        self._spare_starting = True
+
+        def started(fut: asyncio.Future[Any]) -> None:
+            self._spare_starting = False
+            if not fut.cancelled() and fut.exception() is None:
+                self._spare = fut.result()
+
+        call_async(sessions, "start_child", spec).add_done_callback(started)
+
+    def _start_session(self, link: QuicLink) -> None:
+        sessions = self.ctx.sessions
+        if sessions is None:
+            link.close(ErrorCode.BUSY, "node is starting")
+            return
+        ctx = self.ctx
         # Counted now, not in the session's on_start, so a burst of handshakes
         # cannot overshoot the limit; the session gives it back when it ends.
         ctx.active_sessions += 1
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                spare.tell(Adopt(link))
+            except pykka.ActorDeadError:
+                pass  # stopped meanwhile: start one for this connection below
+            else:
+                self._start_spare()
+                return
+        self._start_spare()
+        name = f"pair-i-{self.ctx.next_id()}"
+        spec = ChildSpec(
+            name,
+            lambda: InitiatorSession.start_on(ctx.loop_thread, ctx, name, link),
+            restart=Restart.TEMPORARY,
+        )
         log = self.log
 
         def started(fut: asyncio.Future[Any]) -> None:

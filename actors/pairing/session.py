@@ -22,8 +22,13 @@ and is resolved at the node's next start at the latest).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 from dataclasses import dataclass
 from typing import Any
+
+import pykka
 
 from quicpair.actors.context import NodeContext
 from quicpair.actors.kernel.exits import Supervised
@@ -237,6 +242,12 @@ class PairingSessionBase(Supervised, LoopActor):
     def maybe_crash_before(self, data: bytes) -> None:
         """Fault injection hook: raise SessionCrash when the configured message arrives."""
 
+    def kill_point(self, step: str) -> None:
+        """``[testing] kill_at``: SIGKILL this whole process at ``step`` (the crash tests)."""
+        if self.ctx.settings.testing.kill_at == step:
+            self.log.warning("testing.killed", step=step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def _arm_deadline(self, deadline: float | None) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
@@ -271,11 +282,15 @@ class PairingSessionBase(Supervised, LoopActor):
 
         def done(fut: asyncio.Future[Any]) -> None:
             if fut.cancelled():
-                ref.tell(_WriteDone(what, None, asyncio.CancelledError()))
+                message = _WriteDone(what, None, asyncio.CancelledError())
             elif fut.exception() is not None:
-                ref.tell(_WriteDone(what, None, fut.exception()))
+                message = _WriteDone(what, None, fut.exception())
             else:
-                ref.tell(_WriteDone(what, fut.result(), None))
+                message = _WriteDone(what, fut.result(), None)
+            # The session may have been stopped meanwhile (node shutdown): the write is
+            # done all the same, and nobody is left to tell.
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(message)
 
         future.add_done_callback(done)
 
@@ -290,7 +305,18 @@ class PairingSessionBase(Supervised, LoopActor):
     def on_write_done(self, what: str, result: Any) -> None:
         raise NotImplementedError
 
-    def store_pending(self, peer: NodeId, info: DeviceInfo, keys: PairingKeys, observed: str | None) -> None:
+    def store_pending(
+        self,
+        peer: NodeId,
+        info: DeviceInfo,
+        keys: PairingKeys,
+        observed: str | None,
+        *,
+        what: str,
+        durable: bool,
+    ) -> None:
+        """Write the peer as PENDING; ``on_write_done(what, None)`` follows (PROTOCOL.md 10.5
+        says which role's record must be durable)."""
         now = self.ctx.wall_clock()
         mine = keys.for_role(self.role)
         record = DeviceRecord(
@@ -308,7 +334,7 @@ class PairingSessionBase(Supervised, LoopActor):
             observed_address=observed,
         )
         self._pending_record = (peer, keys.pairing_id)
-        self.write("pending_stored", "add_pending", record)
+        self.write(what, "add_pending", record, durable)
 
     def forget_pending(self) -> None:
         """Delete the PENDING record this session wrote (never a confirmed one)."""

@@ -5,9 +5,11 @@ connection; nothing else touches the file's format.
 
 * **Owner only.** Created 0600 before SQLite sees the path (SQLite gives ``-wal``/``-shm``
   the same mode); a registry other users can access is refused, like an identity key.
-* **Durable.** WAL with ``synchronous=FULL`` fsyncs the log at every commit, so an
-  acknowledged change survives a crash or power loss (in WAL mode NORMAL may lose the
-  last commits: https://www.sqlite.org/pragma.html#pragma_synchronous).
+* **Durable.** WAL with ``synchronous=FULL`` (opened so) fsyncs the log at every commit,
+  so an acknowledged change survives a crash or power loss. The store lowers it to
+  NORMAL for the transactions that need not survive a power loss (PROTOCOL.md 10.5):
+  they survive a crash of the process, and the next FULL commit makes them durable too
+  (https://www.sqlite.org/pragma.html#pragma_synchronous).
 * **Never damages a file it does not understand.** It must be SQLite, carry our
   ``application_id``, pass ``PRAGMA integrity_check`` and have a ``user_version`` we
   know; otherwise RegistryError before anything is written. An older version is

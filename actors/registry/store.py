@@ -278,6 +278,7 @@ class RegistryStore:
         self._path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._conn = open_registry(self._path, self.MIGRATIONS)
+        self._durable = True  # open_registry sets synchronous = FULL
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -303,16 +304,19 @@ class RegistryStore:
 
     # -- the pairing's writes (2PC: store PENDING, then confirm or delete) --------
 
-    def add_pending(self, record: DeviceRecord) -> None:
+    def add_pending(self, record: DeviceRecord, *, durable: bool = True) -> None:
         """Store a new pairing as PENDING. A device row that is CONFIRMED, or REVOKED with an
         unpair still to deliver, stays as it is and in use: the new pairing is stored apart
-        until :meth:`confirm` (replacing one stored apart before). Any other row is replaced."""
+        until :meth:`confirm` (replacing one stored apart before). Any other row is replaced.
+
+        ``durable=False``: no fsync (see :meth:`_transaction`); the initiator's PENDING
+        record needs none (PROTOCOL.md 10.5)."""
         if record.state is not DeviceState.PENDING:
             raise RegistryError(f"add_pending needs a pending record, not a {record.state.value} one")
         if record.unpair_pending:
             raise RegistryError("add_pending needs a new pairing, which has no unpair to deliver")
         raw = record.node_id.raw
-        with self._transaction("add_pending") as conn:
+        with self._transaction("add_pending", durable=durable) as conn:
             row = conn.execute(
                 "SELECT state, unpair_pending FROM device WHERE node_id = ?", (raw,)
             ).fetchone()
@@ -323,14 +327,15 @@ class RegistryStore:
                 conn.execute("DELETE FROM device WHERE node_id = ?", (raw,))  # its addresses too (cascade)
                 _insert(conn, _DEVICE, record)
 
-    def confirm(self, node_id: NodeId, pairing_id: bytes, now: float) -> bool:
+    def confirm(self, node_id: NodeId, pairing_id: bytes, now: float, *, durable: bool = True) -> bool:
         """Mark pairing ``pairing_id`` CONFIRMED (``paired_at`` = ``now``); True if it is now.
 
         A pairing stored apart replaces the device's record and addresses, in this one
         transaction. Idempotent (a retried commit); False when that pairing is not stored
-        (deleted, replaced by another one) or was revoked."""
+        (deleted, replaced by another one) or was revoked. ``durable=False``: no fsync;
+        the joiner's confirmation needs none (PROTOCOL.md 10.5)."""
         raw = node_id.raw
-        with self._transaction("confirm") as conn:
+        with self._transaction("confirm", durable=durable) as conn:
             cursor = conn.execute(
                 "UPDATE device SET state = 'confirmed', updated_at = ?, "
                 "paired_at = CASE state WHEN 'pending' THEN ? ELSE paired_at END "
@@ -350,8 +355,12 @@ class RegistryStore:
 
     def delete_pending(self, node_id: NodeId, pairing_id: bytes) -> bool:
         """Forget an aborted pairing: only if still PENDING with this ``pairing_id``, in the
-        device row or stored apart. A confirmed or revoked record is never touched."""
-        with self._transaction("delete_pending") as conn:
+        device row or stored apart. A confirmed or revoked record is never touched.
+
+        Not fsynced: a delete lost with the machine's power is done again by recovery (an
+        initiator deletes its PENDING records at start; a joiner asks again and hears
+        ABORTED), PROTOCOL.md 10.5."""
+        with self._transaction("delete_pending", durable=False) as conn:
             deleted = conn.execute(
                 "DELETE FROM device WHERE node_id = ? AND pairing_id = ? AND state = 'pending'",
                 (node_id.raw, pairing_id),
@@ -365,9 +374,11 @@ class RegistryStore:
 
     def set_addresses(self, node_id: NodeId, addresses: Sequence[str], now: float) -> bool:
         """Replace the announced addresses: one that stays keeps its ``last_worked``, one that
-        goes is dropped (observed ones stay), an observed one now announced becomes announced."""
+        goes is dropped (observed ones stay), an observed one now announced becomes announced.
+
+        Addresses are hints, written while a link is up: none of their writes is fsynced."""
         wanted = _unique(addresses)
-        with self._transaction("set_addresses") as conn:
+        with self._transaction("set_addresses", durable=False) as conn:
             if not self._touch(conn, node_id, now):
                 return False
             raw = node_id.raw
@@ -387,7 +398,7 @@ class RegistryStore:
     def mark_address_worked(self, node_id: NodeId, address: str, now: float) -> bool:
         """A dial to ``address`` reached the device: try it first next time (an unknown
         address, e.g. found by discovery, is kept as an observed one)."""
-        with self._transaction("mark_address_worked") as conn:
+        with self._transaction("mark_address_worked", durable=False) as conn:
             if not self._touch(conn, node_id, now):
                 return False
             conn.execute(
@@ -401,7 +412,7 @@ class RegistryStore:
     def record_observed(self, node_id: NodeId, address: str, now: float) -> bool:
         """The device connected from ``address``: its ``observed_address``, and a dial candidate
         after the announced ones (unproven: a client's source port is usually ephemeral)."""
-        with self._transaction("record_observed") as conn:
+        with self._transaction("record_observed", durable=False) as conn:
             cursor = conn.execute(
                 "UPDATE device SET observed_address = ?, updated_at = ? WHERE node_id = ?",
                 (address, now, node_id.raw),
@@ -489,8 +500,11 @@ class RegistryStore:
             )
 
     def dequeue(self, node_id: NodeId, upto: int) -> int:
-        """The device acknowledged everything up to ``upto``: drop those queued sends; how many."""
-        with self._transaction("dequeue") as conn:
+        """The device acknowledged everything up to ``upto``: drop those queued sends; how many.
+
+        Not fsynced: lost with the power, a send goes again after the restart and the device,
+        which recorded its number, takes it as a duplicate."""
+        with self._transaction("dequeue", durable=False) as conn:
             return conn.execute(
                 "DELETE FROM outbox WHERE node_id = ? AND seq <= ?", (node_id.raw, upto)
             ).rowcount
@@ -565,10 +579,21 @@ class RegistryStore:
             raise RegistryError(f"registry {self._path}: {op} failed: {exc}") from exc
 
     @contextmanager
-    def _transaction(self, op: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction: all of ``op`` is committed, or none of it."""
-        with self._guard(op) as conn, atomic(conn):
-            yield conn
+    def _transaction(self, op: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of ``op`` is committed, or none of it.
+
+        ``durable``: the commit fsyncs the WAL (``synchronous=FULL``) and survives a power
+        loss once this returns. Otherwise (``NORMAL``) it survives the process's death but
+        not the machine's power until the next durable commit or checkpoint, which makes it
+        durable too: the WAL is one log, fsynced up to its end, so a durable commit never
+        outlives a non-durable one made before it.
+        """
+        with self._guard(op) as conn:
+            if durable != self._durable:
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
+            with atomic(conn):
+                yield conn
 
     def _change(self, op: str, sql: str, params: Sequence[object]) -> bool:
         """One statement as one transaction; True when it changed one device."""

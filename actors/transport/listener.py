@@ -28,9 +28,12 @@ Initial packets:
 - Per-source limit: one IP address holds at most ``max_handshakes_per_source``
   handshakes whose address is not validated; beyond that its Initials need a
   Retry too (so a spoofer cannot lock out a real host by forging its address),
-  and beyond that many *validated* handshakes its Initials are dropped
-  (``Listener.throttled`` counts them). One host alone therefore cannot fill
-  the table, spoofing or not.
+  and beyond ``max_validated_per_source`` *validated* handshakes (default: a
+  quarter of the table) its Initials are dropped (``Listener.throttled``
+  counts them; the client sends them again after its probe timeout). One host
+  alone therefore cannot fill the table, spoofing or not, while many devices
+  behind one address (a NAT, a test host, a provisioning script: 200 joiners
+  at once) proved that they receive its packets and may use their share.
 
 Two more kinds of datagram arrive on the port:
 
@@ -50,7 +53,9 @@ Two more kinds of datagram arrive on the port:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket as pysocket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -81,7 +86,15 @@ from quicpair.protocol.identity import Identity, NodeId
 from quicpair.protocol.keys import RESET_TOKEN_SIZE, stateless_reset_token
 from quicpair.protocol.notice import is_notice
 
-__all__ = ["MAX_HANDSHAKES_PER_SOURCE", "RESET_BURST", "RESET_RATE", "Admit", "Listener", "listen"]
+__all__ = [
+    "MAX_HANDSHAKES_PER_SOURCE",
+    "RESET_BURST",
+    "RESET_RATE",
+    "VALIDATED_SHARE",
+    "Admit",
+    "Listener",
+    "listen",
+]
 
 #: Stateless resets sent per second at most, after a burst of RESET_BURST: a restarted node
 #: answers each peer's first packet or two; more is junk or an attack, and is ignored.
@@ -97,10 +110,15 @@ OnNotice = Callable[[bytes, Any], None]
 #: ``admit(peer, alpn)``: None lets the connection in, an ErrorCode refuses it with that code.
 Admit = Callable[[NodeId, str], ErrorCode | None]
 
-#: Handshakes one IP address may hold without a validated address, and again with one.
-#: A dialer runs one handshake per peer at a time (a redial follows a failure),
-#: so 8 leaves room for a NAT with a few nodes behind it (DESIGN.md "Links").
+#: Handshakes one IP address may hold without a validated address. A dialer runs one
+#: handshake per peer at a time (a redial follows a failure), so 8 leaves room for a NAT
+#: with a few nodes behind it (DESIGN.md "Links"); more must answer a Retry first.
 MAX_HANDSHAKES_PER_SOURCE = 8
+#: Receive buffer of the listening socket (bytes).
+RECEIVE_BUFFER = 4 * 1024 * 1024
+#: Share of the connection table one validated address may hold in handshake (1/4): the
+#: other three quarters stay for other addresses and for link redials.
+VALIDATED_SHARE = 4
 
 
 def _invalid_token_close(version: int, source_cid: bytes, destination_cid: bytes) -> bytes:
@@ -145,6 +163,7 @@ class Listener:
         dead_after_ptos: int | None = None,
         reset_key: bytes | None = None,
         on_notice: OnNotice | None = None,
+        max_validated_per_source: int | None = None,
     ) -> None:
         assert socket.transport is not None
         self._socket = socket
@@ -162,6 +181,11 @@ class Listener:
         self._max_connections = max_connections
         self._retry_threshold = max_connections // 2 if retry_threshold is None else retry_threshold
         self._per_source = max_handshakes_per_source
+        self._validated_per_source = (
+            max(max_handshakes_per_source, max_connections // VALIDATED_SHARE)
+            if max_validated_per_source is None
+            else max_validated_per_source
+        )
         self._retry = QuicRetryTokenHandler()  # a fresh AES-GCM key: tokens die with the listener
         # Handshakes in progress: link -> (source IP, address validated), and their counts.
         self._handshakes: dict[QuicLink, tuple[str, bool]] = {}
@@ -343,9 +367,10 @@ class Listener:
             self._send_retry(header, addr)
             return None
         validated = retry_cid is not None
-        if self._per_source_count[(source, validated)] >= self._per_source:
+        cap = self._validated_per_source if validated else self._per_source
+        if self._per_source_count[(source, validated)] >= cap:
             self.throttled += 1
-            self._log.debug("quic.initial_throttled", source=source, handshakes=self._per_source)
+            self._log.debug("quic.initial_throttled", source=source, handshakes=cap)
             return None
         if len(self._links) >= self._max_connections:
             return None
@@ -414,6 +439,7 @@ async def listen(
     dead_after_ptos: int | None = None,
     reset_key: bytes | None = None,
     on_notice: OnNotice | None = None,
+    max_validated_per_source: int | None = None,
 ) -> Listener:
     """Accept connections on ``host:port`` (port 0: any free port, see ``Listener.address``).
 
@@ -425,15 +451,18 @@ async def listen(
     Floods of Initials are contained (see the module docstring): Retry is
     required while ``retry_threshold`` handshakes are in progress (None: half
     of ``max_connections``; 0: always), and one IP address holds at most
-    ``max_handshakes_per_source`` handshakes. With ``reset_key``, packets for
-    unknown connections get a stateless reset; restart notices go to ``on_notice``
-    (see the module docstring).
+    ``max_handshakes_per_source`` handshakes without a validated address and
+    ``max_validated_per_source`` (None: a quarter of ``max_connections``) with one.
+    With ``reset_key``, packets for unknown connections get a stateless reset;
+    restart notices go to ``on_notice`` (see the module docstring).
     """
     check_timers(idle_timeout, keepalive_interval, handshake_timeout)
     if not alpns:
         raise ConfigError("a listener needs at least one ALPN")
-    if max_connections < 1 or max_handshakes_per_source < 1:
-        raise ConfigError("max_connections and max_handshakes_per_source must be at least 1")
+    if max_connections < 1 or max_handshakes_per_source < 1 or (max_validated_per_source or 1) < 1:
+        raise ConfigError(
+            "max_connections, max_handshakes_per_source and max_validated_per_source must be at least 1"
+        )
     if retry_threshold is not None and retry_threshold < 0:
         raise ConfigError(f"retry_threshold ({retry_threshold}) must not be negative")
     loop = asyncio.get_running_loop()
@@ -441,6 +470,13 @@ async def listen(
         _, socket = await loop.create_datagram_endpoint(UdpSocket, local_addr=(host, port))
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock = socket.transport.get_extra_info("socket") if socket.transport is not None else None
+    if sock is not None:
+        # A burst of handshakes (200 joiners at once) overflowed the default buffer (~208 KB)
+        # while the loop was busy: 1026 Initials dropped in one run (RcvbufErrors), each one
+        # costing its dialer a probe timeout. The kernel caps this at net.core.rmem_max.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, RECEIVE_BUFFER)
     config = quic_configuration(
         identity, is_client=False, alpns=alpns, idle_timeout=idle_timeout, now=time.time()
     )
@@ -457,6 +493,7 @@ async def listen(
         dead_after_ptos=dead_after_ptos,
         reset_key=reset_key,
         on_notice=on_notice,
+        max_validated_per_source=max_validated_per_source,
     )
     listener._log.debug("quic.listening", alpns=alpns)
     return listener

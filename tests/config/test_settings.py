@@ -31,7 +31,7 @@ def test_defaults() -> None:
     settings = load_settings()
     assert settings.node.listen_host == "0.0.0.0"
     assert (settings.node.listen_port, settings.node.max_concurrent_pairings) == (47470, 32)
-    assert dataclasses.astuple(settings.pairing) == (300.0, 3, 10.0, 30.0)
+    assert dataclasses.astuple(settings.pairing) == (300.0, 3, 10.0, 30.0, 32)
     assert dataclasses.astuple(settings.link) == (
         *(9.0, 6.0, 5, 1.0),  # dead peer: idle timeout, keep-alive, probe timeouts, liveness check
         *(256, 4 << 20, 1024, 16 << 20),  # acknowledged delivery: window and outbox
@@ -39,7 +39,8 @@ def test_defaults() -> None:
     )
     assert settings.discovery.mdns is True
     assert (settings.log.level, settings.log.format) == ("info", "auto")
-    assert dataclasses.astuple(settings.testing) == (False, False, "", False, False), "fault injection is off"
+    testing = dataclasses.astuple(settings.testing)
+    assert testing == (False, False, "", False, False, ""), "fault injection is off"
     assert settings.node.name, "an empty name in the defaults becomes the host name"
     assert settings.node.name == (platform.node() or "quicpair")[:MAX_NAME_LEN]
 

@@ -1,12 +1,12 @@
-"""The parts of the ``spake2`` package protocol/pake.py uses beyond its public API, one test each.
+"""The parts of the reference ``spake2`` package used beyond its public API, one test each.
 
-``spake2`` is pinned to exactly 0.9 (setup.cfg). protocol/pake.py imports two
-modules that the package's ``__init__`` does not export: ``ed25519_basic``
-(for ``NotOnCurve``, the exception a bad point raises) and ``ed25519_group``
-(``Ed25519Group.bytes_to_element``, used to hold a peer's point to its
-canonical encoding before SPAKE2 sees it). If a release moves or changes
-either, these fail LOUDLY, naming the hook: fix protocol/pake.py before
-bumping the pin.
+``spake2`` 0.9 is the reference protocol/pake.py (libsodium) is held to; it is
+a test dependency, pinned exactly (setup.cfg, the ``test`` extra).
+tools/gen_vectors.py computes the vectors step by step with two modules that
+the package's ``__init__`` does not export: ``ed25519_basic`` (``NotOnCurve``,
+``L``) and ``ed25519_group`` (``Ed25519Group.bytes_to_element``). If a
+release moves or changes either, these fail LOUDLY, naming the hook: fix
+tools/gen_vectors.py before bumping the pin.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ def hook(name: str) -> Iterator[None]:
         yield
     except Exception as exc:  # AssertionError included
         pytest.fail(
-            f"spake2 internal {name} is not what protocol/pake.py was written against "
+            f"spake2 internal {name} is not what tools/gen_vectors.py was written against "
             f"(spake2 {PINNED}; installed {version('spake2')}): {type(exc).__name__}: {exc}",
             pytrace=False,
         )
 
 
 def test_spake2_is_the_pinned_version() -> None:
-    assert version("spake2") == PINNED, "protocol/pake.py's hooks were checked against spake2 0.9 only"
+    assert version("spake2") == PINNED, "the vectors and hooks were checked against spake2 0.9 only"
 
 
 def test_hook_not_on_curve_is_an_exception_class_raised_for_bad_points() -> None:
@@ -46,7 +46,7 @@ def test_hook_not_on_curve_is_an_exception_class_raised_for_bad_points() -> None
 
         assert issubclass(NotOnCurve, Exception)
         # y = 2 has no x on the curve: the decoder must say so with NotOnCurve or ValueError,
-        # which are the two exceptions pake.py converts.
+        # which are the two exceptions the reference raises for it.
         with pytest.raises((NotOnCurve, ValueError)):
             Ed25519Group.bytes_to_element((2).to_bytes(32, "little"))
 
@@ -58,6 +58,6 @@ def test_hook_bytes_to_element_decodes_and_reencodes() -> None:
         element = Ed25519Group.bytes_to_element(BASE)
         assert element.to_bytes() == BASE
         # The one non-canonical spelling it accepts (the identity, y = 1, written as 1 + p)
-        # re-encodes canonically: that difference is what pake.py refuses the peer for.
+        # re-encodes canonically: that difference is what pake.py refuses the peer for (in C).
         alias = (1 + P).to_bytes(32, "little")
         assert Ed25519Group.bytes_to_element(alias).to_bytes() == (1).to_bytes(32, "little")

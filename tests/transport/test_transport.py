@@ -697,7 +697,9 @@ async def test_with_retry_always_no_state_is_kept_for_a_source_that_never_echoes
 
 @scenario
 async def test_validated_handshakes_beyond_the_per_source_cap_are_dropped() -> None:
-    server = await start_server(retry_threshold=0, max_handshakes_per_source=2, handshake_timeout=5.0)
+    server = await start_server(
+        retry_threshold=0, max_handshakes_per_source=2, max_validated_per_source=2, handshake_timeout=5.0
+    )
     listener = server.listener
     host = InitialSender(server.port)
     try:
@@ -712,6 +714,29 @@ async def test_validated_handshakes_beyond_the_per_source_cap_are_dropped() -> N
     finally:
         host.close()
     await shutdown(server)
+
+
+@scenario
+async def test_a_validated_flood_from_one_host_holds_its_share_and_other_hosts_still_get_in() -> None:
+    # Many real devices behind one address (they answer the Retry) may hold a quarter of the
+    # table in handshake, not more: the rest stays for other addresses and link redials.
+    server = await start_server(retry_threshold=0, max_connections=64, handshake_timeout=5.0)
+    listener = server.listener
+    share = 64 // listener_module.VALIDATED_SHARE
+    assert share > listener_module.MAX_HANDSHAKES_PER_SOURCE  # more than an unvalidated source
+    host = InitialSender(server.port, host="127.0.0.2")
+    try:
+        for _ in range(share + 4):
+            await host.answer(host.initial())  # the Retry; the echo comes back with the token
+        await wait_until(lambda: listener.throttled == 4)
+        assert listener.handshakes == share
+        link = await bob_dials(server, expect=ALICE.node_id)  # from 127.0.0.1
+        assert link.peer == ALICE.node_id
+        await wait_until(lambda: listener.accepted == 1)
+        assert listener.handshakes == share
+    finally:
+        host.close()
+    await shutdown(server, link)
 
 
 @scenario
