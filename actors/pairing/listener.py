@@ -55,6 +55,9 @@ class ListenerActor(Supervised, LoopActor):
     # -- lifecycle -------------------------------------------------------------
 
     def on_start(self) -> None:
+        # Ours before the port is bound: Node.start returns once it is, and Node.pair uses this
+        # ref at once (the supervisor's own record of it may come a moment later).
+        self.ctx.listener = self.actor_ref
         ctx = self.ctx
         if ctx.bound.done():
             # A restarted listener binds again: keep the port it had, so the
