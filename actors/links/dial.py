@@ -220,11 +220,12 @@ async def dial_peer(
             timeout=settings.dial_timeout,
             idle_timeout=settings.idle_timeout,
             keepalive_interval=settings.keepalive_interval,
+            source=ctx.dial_source(),  # a node bound to one address dials from it
         )
 
     async def resolve() -> list[str]:
         assert finder is not None
-        return await finder.resolve_node(peer, settings.dial_timeout)
+        return ctx.dial_order(await finder.resolve_node(peer, settings.dial_timeout))
 
     return await race(
         candidates,

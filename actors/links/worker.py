@@ -61,7 +61,7 @@ from quicpair.actors.links.outbox import Outbox
 from quicpair.actors.registry.actor import DeviceRecord
 from quicpair.actors.transport.events import ConnClosed, ConnData, ConnReset
 from quicpair.actors.transport.quic_link import QuicLink
-from quicpair.protocol.codes import announced_addresses, dialable_observed
+from quicpair.protocol.addresses import announced_addresses, dialable_observed
 from quicpair.protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -188,13 +188,13 @@ class LinkWorker(Supervised, LoopActor):
 
     # -- connections: in --------------------------------------------------------------
 
-    def _make_channel(self, local_is_dialer: bool) -> LinkChannel:
+    def _make_channel(self, local_is_dialer: bool, link: QuicLink) -> LinkChannel:
         return LinkChannel(
             local=self.local,
             peer=self.peer,
             local_is_dialer=local_is_dialer,
             pairing_secret=self._record.pairing_secret,
-            addresses=self.ctx.direct_addresses(),
+            addresses=self.ctx.addresses_for(link),
             rand=self.ctx.rand,
         )
 
@@ -208,7 +208,7 @@ class LinkWorker(Supervised, LoopActor):
             address=address,
             source=source,
             tell=self.actor_ref.tell,
-            make_channel=self._make_channel,
+            make_channel=lambda local_is_dialer: self._make_channel(local_is_dialer, link),
         )
         self._conns.add(conn)
         conn.timer = self.call_later(self.ctx.settings.link.dial_timeout, self._hello_timeout, conn.key)
@@ -249,7 +249,7 @@ class LinkWorker(Supervised, LoopActor):
                 self._send_unpair(conn)
                 return
             assert conn.channel is not None
-            conn.send(conn.channel.send_addresses(self.ctx.direct_addresses()))
+            conn.send(conn.channel.send_addresses(self.ctx.addresses_for(conn.link)))
             self._resolve()
         elif isinstance(event, AddressesReceived):
             self._authenticated(conn, event.addresses)
@@ -328,7 +328,7 @@ class LinkWorker(Supervised, LoopActor):
         first = not conn.authenticated
         conn.authenticated = True
         announced = announced_addresses(
-            addresses if addresses is not None else conn.hello_addresses if first else ()
+            addresses if addresses is not None else conn.hello_addresses if first else (), peer=conn.address
         )
         if announced:  # an empty list gives nothing to dial: keep what we know
             self._write("addresses", "set_addresses", self.peer, list(announced), self.ctx.wall_clock())
@@ -386,8 +386,9 @@ class LinkWorker(Supervised, LoopActor):
         self._dialer.cancel_retry()
         if not (self._may_dial() or (probe and not self._dialer.running and not self._unpaired)):
             return
-        candidates = [(a, SOURCE_STORED) for a in self._record.addresses]
-        candidates += [(h, SOURCE_HINT) for h in self._hints if h not in self._record.addresses]
+        stored = self.ctx.dial_order(self._record.addresses)  # families interleaved, zones added
+        candidates = [(a, SOURCE_STORED) for a in stored]
+        candidates += [(h, SOURCE_HINT) for h in self.ctx.dial_order(self._hints) if h not in stored]
         self._hints = []
         self._dialer.start(candidates, why)
 
@@ -465,9 +466,10 @@ class LinkWorker(Supervised, LoopActor):
         return True
 
     def _announce(self, addresses: list[str]) -> None:
+        # ``addresses`` only says that ours changed: each peer is told what it can reach.
         for conn in self._conns:
             if conn.established and not conn.retiring and conn.channel is not None and not self._unpairing:
-                conn.send(conn.channel.send_addresses(addresses))
+                conn.send(conn.channel.send_addresses(self.ctx.addresses_for(conn.link)))
 
     # -- unpair ----------------------------------------------------------------------------
 

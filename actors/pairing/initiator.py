@@ -19,7 +19,6 @@ from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
 from quicpair.protocol.codebook import CodeState
-from quicpair.protocol.codes import format_address
 from quicpair.protocol.errors import ErrorCode
 from quicpair.protocol.framing import FrameDecoder
 from quicpair.protocol.keys import Role
@@ -66,7 +65,9 @@ class InitiatorSession(PairingSessionBase):
             local=ctx.identity.node_id,
             peer=self._peer,
             codebook=ctx.codebook,
-            device_info=DeviceInfo(name=ctx.settings.node.name, addresses=ctx.direct_addresses()),
+            device_info=DeviceInfo(
+                name=ctx.settings.node.name, addresses=ctx.addresses_for(self._link_to_attach)
+            ),
             now=ctx.clock(),
             rand=ctx.rand,
             step_timeout=ctx.settings.pairing.step_timeout,
@@ -87,8 +88,7 @@ class InitiatorSession(PairingSessionBase):
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
             )
-            host, port = self._link_to_attach.remote_address
-            self.store_pending(self._peer, event.peer_info, event.keys, format_address(host, port))
+            self.store_pending(self._peer, event.peer_info, event.keys)
         elif isinstance(event, CommitRequested):
             machine = self.machine
             assert isinstance(machine, Initiator) and machine.pairing_id is not None

@@ -33,7 +33,8 @@ from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.events import ConnClosed, ConnData, ConnReset, ToActor
 from quicpair.actors.transport.quic_link import QuicLink
-from quicpair.protocol.codes import announced_addresses
+from quicpair.protocol.addresses import announced_addresses, dialable_observed
+from quicpair.protocol.codes import format_address
 from quicpair.protocol.errors import ErrorCode, QuicpairError
 from quicpair.protocol.framing import FrameDecoder
 from quicpair.protocol.identity import NodeId
@@ -290,9 +291,19 @@ class PairingSessionBase(Supervised, LoopActor):
     def on_write_done(self, what: str, result: Any) -> None:
         raise NotImplementedError
 
-    def store_pending(self, peer: NodeId, info: DeviceInfo, keys: PairingKeys, observed: str | None) -> None:
+    def store_pending(self, peer: NodeId, info: DeviceInfo, keys: PairingKeys) -> None:
+        """Write the peer PENDING, with the addresses it announced and where we saw it.
+
+        Where we saw it is its listening address: the one we dialed (joiner),
+        or the host it came from at the port it announced (initiator; the
+        connection's source port is the joiner's ephemeral socket).
+        """
+        assert self.link is not None
         now = self.ctx.wall_clock()
         mine = keys.for_role(self.role)
+        seen = format_address(*self.link.remote_address)
+        addresses = announced_addresses(info.addresses, peer=seen)
+        observed = seen if self.link.is_dialer else dialable_observed(seen, addresses)
         record = DeviceRecord(
             node_id=peer,
             name=info.name,
@@ -304,7 +315,7 @@ class PairingSessionBase(Supervised, LoopActor):
             receive_key_fp=mine.receive_fingerprint,
             paired_at=now,
             updated_at=now,
-            addresses=announced_addresses(info.addresses),
+            addresses=addresses,
             observed_address=observed,
         )
         self._pending_record = (peer, keys.pairing_id)

@@ -61,7 +61,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.actors.transport.tls import PinnedQuicConnection, quic_configuration
-from quicpair.actors.transport.udp import UdpSocket, check_timers, sockaddr
+from quicpair.actors.transport.udp import UdpSocket, check_timers, listen_socket, sockaddr
 from quicpair.protocol.errors import ConfigError, ErrorCode, QuicpairError
 from quicpair.protocol.identity import Identity, NodeId
 
@@ -143,6 +143,8 @@ class Listener:
         self.retries = 0
         #: Initials dropped because their source already holds its share of handshakes.
         self.throttled = 0
+        #: Why the port is not bound as asked (``::`` without IPv6: IPv4 only), else None.
+        self.fallback: str | None = None
         self._log = get_logger(listener=f"{self.address[0]}:{self.address[1]}")
         socket.on_datagram = self._datagram_received
 
@@ -345,6 +347,9 @@ async def listen(
 ) -> Listener:
     """Accept connections on ``host:port`` (port 0: any free port, see ``Listener.address``).
 
+    ``::`` listens on both families (dual-stack); where the system has no
+    IPv6 it binds ``0.0.0.0`` instead and ``Listener.fallback`` says why.
+
     Each connection must present an Ed25519 node certificate; ``admit(peer,
     alpn)`` then decides (None admits, a code refuses with that code), and
     ``on_connection(link)`` receives every admitted link, its ``.alpn``
@@ -363,9 +368,11 @@ async def listen(
     if retry_threshold is not None and retry_threshold < 0:
         raise ConfigError(f"retry_threshold ({retry_threshold}) must not be negative")
     loop = asyncio.get_running_loop()
+    sock, fallback = listen_socket(host, port)
     try:
-        _, socket = await loop.create_datagram_endpoint(UdpSocket, local_addr=(host, port))
+        _, socket = await loop.create_datagram_endpoint(UdpSocket, sock=sock)
     except OSError as exc:
+        sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     config = quic_configuration(
         identity, is_client=False, alpns=alpns, idle_timeout=idle_timeout, now=time.time()
@@ -381,5 +388,6 @@ async def listen(
         retry_threshold=retry_threshold,
         max_handshakes_per_source=max_handshakes_per_source,
     )
+    listener.fallback = fallback
     listener._log.debug("quic.listening", alpns=alpns)
     return listener
