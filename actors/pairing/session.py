@@ -104,7 +104,11 @@ class PairingSessionBase(Supervised, LoopActor):
     def attach(self, link: QuicLink) -> None:
         self.link = link
         self.connections += 1
-        self.log = self.log.bind(conn=link.connection_id, peer=link.peer.fingerprint)
+        self.log = self.log.bind(
+            conn=link.connection_id,
+            peer=link.peer.fingerprint,
+            peer_address=format_address(*link.remote_address),
+        )
         # Keyed by connection number: events of an earlier connection (a joiner that
         # dials again to resolve a pairing in doubt) are told apart and dropped.
         link.set_handler(ToActor(self.connections, self.actor_ref.tell))
