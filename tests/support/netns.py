@@ -235,7 +235,9 @@ class Host:
         """
         name = f"eth{1 + len(self.cables)}"
         port = f"{self.switch_port}c{len(self.cables) + 1}"
-        self.lan.ip(self.lan.bridge_ns, "link", "add", port, "type", "veth", "peer", "name", name, "netns", self.ns)
+        self.lan.ip(
+            self.lan.bridge_ns, "link", "add", port, "type", "veth", "peer", "name", name, "netns", self.ns
+        )
         self.lan.ip(self.lan.bridge_ns, "link", "set", port, "master", "br0")
         self.lan.ip(self.lan.bridge_ns, "link", "set", port, "up")
         self.lan.ip(self.ns, "addr", "add", f"{address}/{_PREFIXLEN}", "dev", name)
