@@ -8,7 +8,8 @@ results to these functions; nothing here touches a socket. The rules
   machine only), link-local (``fe80::/10``, ``169.254/16``: one link only,
   and an IPv6 one needs the interface, its *zone*, to be dialed), private
   (RFC 1918, ``100.64/10``, ULA ``fc00::/7``) or global. Unspecified and
-  multicast addresses are never announced nor dialed.
+  multicast addresses (and IPv4's ``0/8``, ``240/4``, broadcast) are
+  never announced nor dialed.
 * **Announce what the peer can reach** (:func:`announce_to`). Loopback
   addresses go only to a peer that is itself on loopback, and into a pairing
   URI only when the node is bound to loopback. A link-local IPv6 address is
@@ -84,6 +85,7 @@ _PRIVATE: Final = tuple(
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
 _IPV4_LINK_LOCAL: Final = ipaddress.ip_network("169.254.0.0/16")
+_THIS_NETWORK: Final = ipaddress.ip_network("0.0.0.0/8")
 
 #: RFC 6724 2.1, the default policy table: (prefix, precedence), longest prefix first.
 #: IPv4 addresses are looked up as IPv4-mapped (``::ffff:0:0/96``).
@@ -125,6 +127,8 @@ def unmapped(host: str) -> str:
 def _scope(ip: IP) -> Scope | None:
     if ip.is_unspecified or ip.is_multicast:
         return None
+    if isinstance(ip, ipaddress.IPv4Address) and (ip in _THIS_NETWORK or ip.is_reserved):
+        return None  # "this network" (RFC 1122 3.2.1.3), 240/4 and the broadcast address
     if ip.is_loopback:
         return Scope.LOOPBACK
     if ip.is_link_local or ip in _IPV4_LINK_LOCAL:
