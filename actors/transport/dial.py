@@ -98,6 +98,7 @@ async def dial(
     check_timers(idle_timeout, keepalive_interval, timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:  # bounded too: a name lookup can hang
         _, socket = await asyncio.wait_for(
             loop.create_datagram_endpoint(
@@ -108,9 +109,9 @@ async def dial(
     except TimeoutError as exc:
         raise PeerUnreachable(f"cannot resolve {host} within {timeout:g} s") from exc
     except OSError as exc:
-        raise PeerUnreachable(f"cannot reach {host}:{port}: {exc.strerror or exc}") from exc
+        raise PeerUnreachable(f"cannot reach {shown}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # asyncio: no (source, destination) pair of one family
-        raise PeerUnreachable(f"cannot reach {host}:{port} from {source}: {exc}") from exc
+        raise PeerUnreachable(f"cannot reach {shown} from {source}: {exc}") from exc
     assert socket.transport is not None
     remote = socket.transport.get_extra_info("peername")
     local = socket.transport.get_extra_info("sockname")
