@@ -172,6 +172,10 @@ def test_default_listen_pairs_and_links_with_no_loopback_anywhere_and_no_identit
         assert (node.info["host"], node.info["port"]) == ("::", PORT), "dual-stack on the default port"
         assert node.info["addresses"] == [at(h) for h in (host.ipv4, host.ula, host.link_local)]
 
+    # mDNS: an A and two AAAA records (ULA, link-local without a zone), no loopback.
+    advertised = alice.wait_event("discovery.advertised", timeout=WAIT)
+    assert advertised["addresses"] == [a.ipv4, a.ula, a.link_local.split("%")[0]], advertised
+
     device, uri = pair_by_uri(alice, bob)
 
     # The URI: what a device on the LAN can use, best first (RFC 6724: IPv4 35 > ULA 3 > link-local).
