@@ -16,16 +16,18 @@ import concurrent.futures
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pykka import ActorRef
 
 from quicpair.actors.kernel.counters import Counters
 from quicpair.actors.kernel.loop import EventLoopThread
+from quicpair.actors.transport.udp import route_source
 from quicpair.config.settings import Settings
+from quicpair.protocol.addresses import WILDCARDS, announce_to, dial_order, listening_addresses
 from quicpair.protocol.codebook import Codebook
 from quicpair.protocol.codes import format_address
 from quicpair.protocol.delivery import first_seq_of_epoch
@@ -33,7 +35,17 @@ from quicpair.protocol.identity import Identity, NodeId
 from quicpair.protocol.keys import stateless_reset_key
 from quicpair.protocol.notice import BOOT_SIZE
 
-__all__ = ["NodeContext", "Offer"]
+__all__ = ["Endpoints", "NodeContext", "Offer", "interface_hosts"]
+
+
+class Endpoints(Protocol):
+    """Both ends of a connection (a QuicLink has them)."""
+
+    @property
+    def local_address(self) -> tuple[str, int]: ...
+
+    @property
+    def remote_address(self) -> tuple[str, int]: ...
 
 
 @dataclass(slots=True)
@@ -130,15 +142,57 @@ class NodeContext:
     def reset_key(self) -> bytes:
         """The node's static stateless-reset key (derived from its identity; survives restarts)."""
         return self._reset_key
+    # -- addresses (protocol/addresses.py decides; this only enumerates and applies) --------
 
     def direct_addresses(self) -> list[str]:
-        """The addresses this node tells peers it can be reached at (``host:port``)."""
+        """Every ``host:port`` this node listens at (loopback and link-local with its zone too).
+
+        Not for peers as such: what a peer is told is :meth:`addresses_for`,
+        what a pairing URI shows is :meth:`uri_addresses`.
+        """
         if not self.bound.done() or self.bound.exception() is not None:
             return []
         host, port = self.bound.result()
-        if host not in ("0.0.0.0", "::"):
-            return [format_address(host, port)]
-        return [format_address(ip, port) for ip in _interface_addresses(ipv6=host == "::")]
+        return listening_addresses(host, port, interface_hosts() if host in WILDCARDS else ())
+
+    def uri_addresses(self) -> list[str]:
+        """The addresses for a pairing URI / QR code: only ones a device on the network could use."""
+        return announce_to(self.direct_addresses(), peer=None)
+
+    def addresses_for(self, link: Endpoints) -> list[str]:
+        """The addresses to announce to the peer at the other end of ``link``, best first.
+
+        The peer's address says whether it may have loopback ones; the
+        address it reached us on (the kernel's choice of source towards it,
+        when we listen on a wildcard) comes first.
+        """
+        remote = format_address(*link.remote_address)
+        local: str | None = link.local_address[0]
+        if local in WILDCARDS:
+            local = route_source(link.remote_address[0])
+        port = self._bound_port()
+        # A dialed connection leaves from an ephemeral port: what counts is the port we listen on.
+        reached = format_address(local, port) if local is not None and port else None
+        return announce_to(self.direct_addresses(), peer=remote, reached_on=reached)
+
+    def dial_order(self, addresses: Iterable[str]) -> list[str]:
+        """``addresses`` (a peer's, best first) in the order to race them from this node."""
+        host = self.dial_source()
+        local = [host] if host is not None else interface_hosts()
+        return dial_order(addresses, local=local, own=self.direct_addresses())
+
+    def dial_source(self) -> str | None:
+        """The host our dials leave from: the listen address when bound to one, else None (any)."""
+        if self.bound.done() and self.bound.exception() is None:
+            host = self.bound.result()[0]
+        else:
+            host = self.settings.node.listen_host
+        return None if host in WILDCARDS else host
+
+    def _bound_port(self) -> int:
+        if not self.bound.done() or self.bound.exception() is not None:
+            return 0
+        return self.bound.result()[1]
 
     def require_registry(self) -> ActorRef[Any]:
         if self.registry is None:
@@ -146,19 +200,20 @@ class NodeContext:
         return self.registry
 
 
-def _interface_addresses(*, ipv6: bool) -> list[str]:
-    """Non-loopback interface addresses, loopback last (ifaddr comes with zeroconf)."""
+def interface_hosts() -> list[str]:
+    """The IP addresses of this host's interfaces, IPv6 link-local ones with their zone.
+
+    ifaddr comes with zeroconf; it reads getifaddrs(3), a few hundred
+    microseconds, so callers ask at the moment of use rather than cache.
+    """
     import ifaddr
 
     found: list[str] = []
-    loopback: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
             if isinstance(ip.ip, tuple):
-                if not ipv6 or ip.ip[0].startswith("fe80"):
-                    continue  # link-local needs a scope id; not useful to a peer
-                text = ip.ip[0]
+                host, _, scope = ip.ip
+                found.append(f"{host}%{adapter.name}" if scope else host)
             else:
-                text = ip.ip
-            (loopback if text in ("127.0.0.1", "::1") else found).append(text)
-    return (found + loopback)[:16]
+                found.append(ip.ip)
+    return found

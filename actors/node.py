@@ -326,8 +326,9 @@ class Node:
 
     @property
     def addresses(self) -> list[str]:
-        """The direct addresses this node announces to peers."""
-        return self._context.direct_addresses()
+        """The direct addresses a pairing URI of this node carries: those a device on the network
+        could use (no loopback unless the node is bound to loopback), best first."""
+        return self._context.uri_addresses()
 
     def counters(self) -> dict[str, int]:
         """Counters of this node (docs/ARCHITECTURE.md lists them)."""

@@ -66,9 +66,13 @@ def _rule(
 
 def _check_host(value: str) -> str | None:
     try:
-        ipaddress.ip_address(value)
+        ip = ipaddress.ip_address(value)
     except ValueError:
         return "is not an IP address"
+    if ip.is_multicast:
+        return "is a multicast address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local and not ip.scope_id:
+        return f"is link-local: it needs its interface, like {value}%eth0"
     return None
 
 
@@ -102,9 +106,9 @@ class NodeSettings:
 
     #: The name paired devices see (the host name when the file leaves it empty).
     name: str = _rule(check=_check_name, allowed=f"a name of at most {MAX_NAME_LEN} UTF-8 bytes")
-    #: The IP address to listen on ("0.0.0.0" all IPv4, "::" IPv6 too, "127.0.0.1" local only).
+    #: The IP address to listen on ("::" both families, "0.0.0.0" IPv4 only, "127.0.0.1" local only).
     listen_host: str = _rule(
-        check=_check_host, allowed='an IP address such as "0.0.0.0", "::" or "127.0.0.1"'
+        check=_check_host, allowed='an IP address such as "::", "0.0.0.0" or "127.0.0.1"'
     )
     #: The UDP port; 0 lets the system pick one.
     listen_port: int = _rule(ge=0, le=65535)

@@ -24,7 +24,8 @@ it without discovery::
 Addresses are ``host:port`` with an IPv4 address, an IPv6 address in
 brackets (an optional ``%zone`` inside them) or a DNS name, always with a
 port; :func:`normalize_address` gives the one form in which they are stored
-and compared.
+and compared. Which addresses a node announces, keeps and dials is
+protocol/addresses.py.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import difflib
 import ipaddress
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Final
@@ -51,8 +52,6 @@ __all__ = [
     "WORD_COUNT",
     "PairingCode",
     "PairingUri",
-    "announced_addresses",
-    "dialable_observed",
     "format_address",
     "normalize_address",
     "parse_code_or_uri",
@@ -315,41 +314,6 @@ def normalize_address(text: str) -> str:
     if len(normal) > MAX_ADDRESS_LEN:
         raise ValueError(f"the address is {len(normal)} characters long, at most {MAX_ADDRESS_LEN} allowed")
     return normal
-
-
-def announced_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
-    """The addresses a peer announced that are worth storing and dialing, normalised.
-
-    A peer's DeviceInfo, LinkHello and LinkAddresses carry free-form strings;
-    only IP literals with a port are kept (a name would make us resolve and
-    dial whatever the peer chooses), duplicates once, in the peer's order.
-    Invalid entries are dropped, not fatal: the rest is still useful.
-    """
-    kept: list[str] = []
-    for text in addresses:
-        try:
-            normal = normalize_address(text)
-            ipaddress.ip_address(split_address(normal)[0].split("%", 1)[0])
-        except ValueError:
-            continue
-        if normal not in kept:
-            kept.append(normal)
-    return tuple(kept[:MAX_ADDRESSES])
-
-
-def dialable_observed(address: str, announced: tuple[str, ...]) -> str | None:
-    """The host an accepted connection came from, at the port the peer listens on.
-
-    The source port of a dialer's connection is its ephemeral socket, never
-    something to dial back; the host is worth keeping (the peer may have moved
-    and not be able to tell us), paired with its announced listening port.
-    """
-    try:
-        host, _ = split_address(address)
-        ports = [split_address(a)[1] for a in announced]
-    except ValueError:
-        return None
-    return format_address(host, ports[0]) if ports else None
 
 
 # -- the URI -------------------------------------------------------------------

@@ -78,14 +78,17 @@ def test_a_project_with_its_own_config_and_tools_pairs_two_nodes(tmp_path: Path)
                 offer = alice.pair()
                 alices_view = bob.join(offer.uri, timeout=20)
                 bobs_view = offer.wait(timeout=20)
-                print("RESULT", json.dumps({"sas_equal": alices_view.sas == bobs_view.sas,
-                                  "alice": alices_view.node_id.text == alice.node_id.text}))
+                # A file, not stdout: the nodes log to stdout by default, and a log line
+                # written by another thread meanwhile can land inside a printed line.
+                with open(sys.argv[3], "w") as out:
+                    json.dump({"sas_equal": alices_view.sas == bobs_view.sas,
+                               "alice": alices_view.node_id.text == alice.node_id.text}, out)
             """
         )
     )
-    out = run(sys.executable, "main.py", tmp_path / "alice", tmp_path / "bob", cwd=project)
-    (result,) = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert json.loads(result.removeprefix("RESULT ")) == {"sas_equal": True, "alice": True}
+    result = tmp_path / "result.json"
+    run(sys.executable, "main.py", tmp_path / "alice", tmp_path / "bob", result, cwd=project)
+    assert json.loads(result.read_text()) == {"sas_equal": True, "alice": True}
 
 
 def tracked_files() -> set[str]:

@@ -37,6 +37,7 @@ from quicpair.actors.discovery.mdns import MAX_NAMEPLATES, Discovery
 from quicpair.actors.kernel.exits import Supervised
 from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.kernel.loopactor import ActorTimer, LoopActor
+from quicpair.protocol.addresses import WILDCARDS, Scope, scope_of, unmapped
 from quicpair.protocol.codes import split_address
 from quicpair.protocol.identity import NodeId
 
@@ -50,19 +51,22 @@ RESOLVE_NAMEPLATE_TIMEOUT = 3.0
 
 
 def advertised_ips(direct_addresses: list[str]) -> list[str]:
-    """The IPs to put in our A/AAAA records: those of our direct addresses, not loopback.
+    """The IPs to put in our A and AAAA records: those of our direct addresses, not loopback.
 
-    Empty means "every interface's address" to Discovery (the node listens on all).
+    Link-local ones too, without their zone: mDNS answers stay on the link,
+    and a receiver tags them with the interface it heard them on (RFC 6762
+    6.2; zeroconf sets the scope id). Empty means "every interface's
+    address" to Discovery.
     """
     ips = []
     for address in direct_addresses:
         try:
             host, _ = split_address(address)
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
+            scope = scope_of(host)
         except ValueError:
             continue
-        if not ip.is_loopback and not ip.is_link_local:
-            ips.append(str(ip))
+        if scope is not None and scope is not Scope.LOOPBACK:
+            ips.append(unmapped(host.split("%", 1)[0]))
     return list(dict.fromkeys(ips))
 
 
@@ -115,7 +119,7 @@ class DiscoveryActor(Supervised, LoopActor):
             return
         host = ctx.settings.node.listen_host
         # A node bound to one address speaks mDNS on that interface only.
-        discovery = self._factory() if host in ("0.0.0.0", "::") else self._factory_for([host])
+        discovery = self._factory() if host in WILDCARDS else self._factory_for([host])
         ips = advertised_ips(ctx.direct_addresses())
         try:
             await discovery.start(ctx.identity.node_id, port, ips)

@@ -106,13 +106,17 @@ def _check_addresses(addresses: Iterable[str]) -> list[str]:
 
 
 def _interface_addresses(allowed: Collection[str] | None) -> list[str]:
-    """Routable addresses of this host's interfaces (no loopback, no link-local)."""
+    """Addresses of this host's interfaces for A and AAAA records: all but loopback.
+
+    Link-local ones too (without a zone): mDNS stays on the link, and the
+    receiver knows which interface it heard them on.
+    """
     found = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
             text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
             addr = ipaddress.ip_address(text)
-            if addr.is_loopback or addr.is_link_local or (allowed is not None and text not in allowed):
+            if addr.is_loopback or (allowed is not None and text not in allowed):
                 continue
             found.append(str(addr))
     return found

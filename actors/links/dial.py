@@ -236,11 +236,12 @@ async def dial_peer(
             keepalive_interval=settings.keepalive_interval,
             dead_after_ptos=settings.dead_after_ptos,
             reset_key=ctx.reset_key,
+            source=ctx.dial_source(),  # a node bound to one address dials from it
         )
 
     async def resolve() -> list[str]:
         assert finder is not None
-        return await finder.resolve_node(peer, settings.dial_timeout)
+        return ctx.dial_order(await finder.resolve_node(peer, settings.dial_timeout))
 
     return await race(
         candidates,

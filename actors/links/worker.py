@@ -82,7 +82,7 @@ from quicpair.actors.links.notices import NoticeSender
 from quicpair.actors.registry.actor import DeliveryState, DeviceRecord
 from quicpair.actors.transport.events import ConnClosed, ConnData, ConnReset
 from quicpair.actors.transport.quic_link import QuicLink
-from quicpair.protocol.codes import announced_addresses, dialable_observed
+from quicpair.protocol.addresses import announced_addresses, dialable_observed
 from quicpair.protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -283,14 +283,14 @@ class LinkWorker(Supervised, LoopActor):
 
     # -- connections: in --------------------------------------------------------------
 
-    def _make_channel(self, local_is_dialer: bool) -> LinkChannel:
+    def _make_channel(self, local_is_dialer: bool, link: QuicLink) -> LinkChannel:
         return LinkChannel(
             local=self.local,
             peer=self.peer,
             local_is_dialer=local_is_dialer,
             pairing_secret=self._record.pairing_secret,
             key_id=self._key_id,
-            addresses=self.ctx.direct_addresses(),
+            addresses=self.ctx.addresses_for(link),
             rand=self.ctx.rand,
         )
 
@@ -304,7 +304,7 @@ class LinkWorker(Supervised, LoopActor):
             address=address,
             source=source,
             tell=self.actor_ref.tell,
-            make_channel=self._make_channel,
+            make_channel=lambda local_is_dialer: self._make_channel(local_is_dialer, link),
         )
         self._conns.add(conn)
         conn.timer = self.call_later(self.ctx.settings.link.dial_timeout, self._hello_timeout, conn.key)
@@ -352,7 +352,7 @@ class LinkWorker(Supervised, LoopActor):
                 return False
             assert conn.channel is not None
             # Each side's first sealed message is its LinkAddresses (PROTOCOL.md 11.2).
-            conn.send(conn.channel.send_addresses(self.ctx.direct_addresses()))
+            conn.send(conn.channel.send_addresses(self.ctx.addresses_for(conn.link)))
             self._resolve()
         elif isinstance(event, AddressesReceived):
             self._authenticated(conn, event.addresses)
@@ -454,7 +454,7 @@ class LinkWorker(Supervised, LoopActor):
         first = not conn.authenticated
         conn.authenticated = True
         announced = announced_addresses(
-            addresses if addresses is not None else conn.hello_addresses if first else ()
+            addresses if addresses is not None else conn.hello_addresses if first else (), peer=conn.address
         )
         if announced:  # an empty list gives nothing to dial: keep what we know
             self._write("addresses", "set_addresses", self.peer, list(announced), self.ctx.wall_clock())
@@ -517,8 +517,9 @@ class LinkWorker(Supervised, LoopActor):
         self._dialer.cancel_retry()
         if not (self._may_dial() or (probe and not self._dialer.running and not self._unpaired)):
             return
-        candidates = [(a, SOURCE_STORED) for a in self._record.addresses]
-        candidates += [(h, SOURCE_HINT) for h in self._hints if h not in self._record.addresses]
+        stored = self.ctx.dial_order(self._record.addresses)  # families interleaved, zones added
+        candidates = [(a, SOURCE_STORED) for a in stored]
+        candidates += [(h, SOURCE_HINT) for h in self.ctx.dial_order(self._hints) if h not in stored]
         candidates += extra or []
         self._hints = []
         self._dialer.start(candidates, why)
@@ -562,7 +563,7 @@ class LinkWorker(Supervised, LoopActor):
         new = [e for e in endpoints if e not in self._record.addresses]
         if not new or not self._may_dial():
             return
-        self._dial_now("mdns", extra=[(e, SOURCE_MDNS) for e in new])
+        self._dial_now("mdns", extra=[(e, SOURCE_MDNS) for e in self.ctx.dial_order(new)])
 
     def _on_notice(self, address: str) -> None:
         """The peer says it restarted (its restart notice, verified by the links supervisor)."""
@@ -652,9 +653,10 @@ class LinkWorker(Supervised, LoopActor):
             conn.send(conn.channel.send_ack(mark))
 
     def _announce(self, addresses: list[str]) -> None:
+        # ``addresses`` only says that ours changed: each peer is told what it can reach.
         for conn in self._conns:
             if conn.established and not conn.retiring and conn.channel is not None and not self._unpairing:
-                conn.send(conn.channel.send_addresses(addresses))
+                conn.send(conn.channel.send_addresses(self.ctx.addresses_for(conn.link)))
 
     # -- unpair ----------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
 from quicpair.protocol.codebook import CodeState
-from quicpair.protocol.codes import format_address
 from quicpair.protocol.errors import ErrorCode
 from quicpair.protocol.framing import FrameDecoder
 from quicpair.protocol.keys import Role
@@ -86,7 +85,9 @@ class InitiatorSession(PairingSessionBase):
             local=ctx.identity.node_id,
             peer=self._held.peer,
             codebook=ctx.codebook,
-            device_info=DeviceInfo(name=ctx.settings.node.name, addresses=ctx.direct_addresses()),
+            device_info=DeviceInfo(
+                name=ctx.settings.node.name, addresses=ctx.addresses_for(self._held)
+            ),
             now=ctx.clock(),
             rand=ctx.rand,
             step_timeout=ctx.settings.pairing.step_timeout,
@@ -130,14 +131,12 @@ class InitiatorSession(PairingSessionBase):
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
             )
-            host, port = self._held.remote_address
-            observed = format_address(host, port)
             # Neither durable nor waited for (PROTOCOL.md 10.5): the coordinator decides with
             # its CONFIRMED write, which the registry runs after this one; presumed abort
             # covers the rest. A write that fails crashes the session, and the confirm then
             # finds nothing to confirm: the pairing aborts.
             self.store_pending(
-                self._held.peer, event.peer_info, event.keys, observed, what="pending_written", durable=False
+                self._held.peer, event.peer_info, event.keys, what="pending_written", durable=False
             )
             machine = self.machine
             assert isinstance(machine, Initiator)

@@ -38,8 +38,9 @@ from quicpair.actors.pairing.session import PairingSessionBase
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.dial import dial
 from quicpair.actors.transport.quic_link import QuicLink
+from quicpair.actors.transport.race import first_answer
 from quicpair.protocol import errors
-from quicpair.protocol.codes import PairingCode, format_address
+from quicpair.protocol.codes import PairingCode, format_address, split_address
 from quicpair.protocol.errors import ErrorCode, QuicpairError
 from quicpair.protocol.identity import NodeId
 from quicpair.protocol.keys import Role
@@ -141,33 +142,52 @@ class JoinerSession(PairingSessionBase):
         ctx = self.ctx
         timeout = ctx.settings.pairing.step_timeout
         log = self.log
+        given = [format_address(host, port) for host, port in addresses]
+        # Both families raced, Happy-Eyeballs style (actors/transport/race.py), from our listen address.
+        ordered = ctx.dial_order(given)
+        source = ctx.dial_source()
+
+        async def dial_one(address: str) -> QuicLink:
+            host, port = split_address(address)
+            return await dial(
+                host,
+                port,
+                ctx.identity,
+                alpn=ALPN_PAIR,
+                expect=expect,
+                timeout=timeout,
+                idle_timeout=ctx.settings.link.idle_timeout,
+                source=source,
+            )
 
         async def run() -> None:
-            last: BaseException | None = None
-            for host, port in addresses:
-                log.info("pairing.dial", address=format_address(host, port))
-                try:
-                    link = await dial(
-                        host,
-                        port,
-                        ctx.identity,
-                        alpn=ALPN_PAIR,
-                        expect=expect,
-                        timeout=timeout,
-                        idle_timeout=ctx.settings.link.idle_timeout,
-                    )
-                except QuicpairError as exc:
-                    log.warning("pairing.dial_failed", address=format_address(host, port), error=str(exc))
-                    last = exc
-                    continue
-                try:
-                    ref.tell(_Dialed(link, None))
-                except pykka.ActorDeadError:
-                    # The session ended while we dialed: nobody will own this link.
-                    link.close(ErrorCode.GOING_AWAY, "pairing session ended")
+            if not ordered and given:
+                error: BaseException = errors.PeerUnreachable(
+                    f"none of the initiator's addresses ({', '.join(given)}) can be reached from this "
+                    f"node's addresses{'' if source is None else f' (it listens on {source} only)'}"
+                )
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.tell(_Dialed(None, error))
                 return
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.tell(_Dialed(None, last or errors.PeerUnreachable("no address to dial")))
+            try:
+                link, _ = await first_answer(
+                    ordered,
+                    dial_one,
+                    stagger=ctx.settings.link.stagger,
+                    on_attempt=lambda address: log.info("pairing.dial", address=address),
+                    on_failure=lambda address, exc: log.warning(
+                        "pairing.dial_failed", address=address, error=str(exc)
+                    ),
+                )
+            except QuicpairError as exc:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.tell(_Dialed(None, exc))
+                return
+            try:
+                ref.tell(_Dialed(link, None))
+            except pykka.ActorDeadError:
+                # The session ended while we dialed: nobody will own this link.
+                link.close(ErrorCode.GOING_AWAY, "pairing session ended")
 
         self._task = self.loop.create_task(run())
 
@@ -225,7 +245,7 @@ class JoinerSession(PairingSessionBase):
                     peer=link.peer,
                     code=self._code,
                     device_info=DeviceInfo(
-                        name=self.ctx.settings.node.name, addresses=self.ctx.direct_addresses()
+                        name=self.ctx.settings.node.name, addresses=self.ctx.addresses_for(link)
                     ),
                     now=self.ctx.clock(),
                     rand=self.ctx.rand,
@@ -254,14 +274,10 @@ class JoinerSession(PairingSessionBase):
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
             )
-            assert self._address is not None
-            observed = format_address(*self._address)
             self._keys_secret = (event.keys.pairing_id, event.keys.pairing_secret)
             self._sas = event.keys.sas
             # Durable before the vote (PairDone): the initiator may commit on it (PROTOCOL.md 10.5).
-            self.store_pending(
-                self._peer, event.peer_info, event.keys, observed, what="pending_stored", durable=True
-            )
+            self.store_pending(self._peer, event.peer_info, event.keys, what="pending_stored", durable=True)
         elif isinstance(event, CommitRequested):
             assert isinstance(self.machine, Joiner) and self.machine.pairing_id is not None
             self.kill_point("joiner_before_confirm")

@@ -93,6 +93,8 @@ class ListenerActor(Supervised, LoopActor):
                 return
             address = self._listener.address
             ctx.port = self._listener
+            if self._listener.fallback is not None:
+                self.log.warning("listener.ipv4_only", reason=self._listener.fallback)
             self.log.info("listener.bound", host=address[0], port=address[1])
             if not ctx.bound.done():
                 ctx.bound.set_result(address)
@@ -132,7 +134,7 @@ class ListenerActor(Supervised, LoopActor):
         pairing = ctx.settings.pairing
         code = ctx.codebook.open(now, ctx.rand, expiry=pairing.code_expiry, max_attempts=pairing.max_attempts)
         ctx.offers[code.nameplate] = Offer(code.nameplate)
-        uri = PairingUri(code, ctx.identity.node_id, tuple(ctx.direct_addresses()))
+        uri = PairingUri(code, ctx.identity.node_id, tuple(ctx.uri_addresses()))
         self.log.info("pairing.code_opened", nameplate=code.nameplate, expires_in=pairing.code_expiry)
         self._arm_expiry()
         return code.text, uri.text, code.nameplate, pairing.code_expiry

@@ -38,7 +38,8 @@ from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.events import ConnClosed, ConnData, ConnReset, ToActor
 from quicpair.actors.transport.quic_link import QuicLink
-from quicpair.protocol.codes import announced_addresses
+from quicpair.protocol.addresses import announced_addresses, dialable_observed
+from quicpair.protocol.codes import format_address
 from quicpair.protocol.errors import ErrorCode, QuicpairError
 from quicpair.protocol.framing import FrameDecoder
 from quicpair.protocol.identity import NodeId
@@ -108,7 +109,11 @@ class PairingSessionBase(Supervised, LoopActor):
     def attach(self, link: QuicLink) -> None:
         self.link = link
         self.connections += 1
-        self.log = self.log.bind(conn=link.connection_id, peer=link.peer.fingerprint)
+        self.log = self.log.bind(
+            conn=link.connection_id,
+            peer=link.peer.fingerprint,
+            peer_address=format_address(*link.remote_address),
+        )
         # Keyed by connection number: events of an earlier connection (a joiner that
         # dials again to resolve a pairing in doubt) are told apart and dropped.
         link.set_handler(ToActor(self.connections, self.actor_ref.tell))
@@ -306,19 +311,22 @@ class PairingSessionBase(Supervised, LoopActor):
         raise NotImplementedError
 
     def store_pending(
-        self,
-        peer: NodeId,
-        info: DeviceInfo,
-        keys: PairingKeys,
-        observed: str | None,
-        *,
-        what: str,
-        durable: bool,
+        self, peer: NodeId, info: DeviceInfo, keys: PairingKeys, *, what: str, durable: bool
     ) -> None:
-        """Write the peer as PENDING; ``on_write_done(what, None)`` follows (PROTOCOL.md 10.5
-        says which role's record must be durable)."""
+        """Write the peer PENDING, with the addresses it announced and where we saw it.
+
+        Where we saw it is its listening address: the one we dialed (joiner),
+        or the host it came from at the port it announced (initiator; the
+        connection's source port is the joiner's ephemeral socket).
+        ``on_write_done(what, None)`` follows (PROTOCOL.md 10.5 says which role's
+        record must be ``durable``).
+        """
+        assert self.link is not None
         now = self.ctx.wall_clock()
         mine = keys.for_role(self.role)
+        seen = format_address(*self.link.remote_address)
+        addresses = announced_addresses(info.addresses, peer=seen)
+        observed = seen if self.link.is_dialer else dialable_observed(seen, addresses)
         record = DeviceRecord(
             node_id=peer,
             name=info.name,
@@ -330,7 +338,7 @@ class PairingSessionBase(Supervised, LoopActor):
             receive_key_fp=mine.receive_fingerprint,
             paired_at=now,
             updated_at=now,
-            addresses=announced_addresses(info.addresses),
+            addresses=addresses,
             observed_address=observed,
         )
         self._pending_record = (peer, keys.pairing_id)

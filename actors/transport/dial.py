@@ -84,28 +84,38 @@ async def dial(
     keepalive_interval: float | None = None,
     dead_after_ptos: int | None = None,
     reset_key: bytes | None = None,
+    source: str | None = None,
 ) -> QuicLink:
     """Connect to ``host:port`` as ``identity``; return the link once the listener admitted us.
 
     ``expect`` pins the peer's NodeId; ``keepalive_interval`` and
     ``dead_after_ptos`` are the QuicLink's; ``reset_key`` derives the stateless
-    reset tokens of our connection ids. Raises PeerUnreachable (no answer
-    within ``timeout``, port closed, bad address), RemoteProtocolError with
-    IDENTITY_MISMATCH (the peer is not ``expect``, or not a quicpair node, or
-    refused our certificate), or RemoteProtocolError with the listener's code
-    when it did not admit us.
+    reset tokens of our connection ids. ``source`` is the local address the
+    connection leaves from (a node bound to one address dials from it, so
+    that the peer sees the address it knows us by); None lets the kernel
+    choose. Raises PeerUnreachable (no answer within ``timeout``, port
+    closed, bad address, a ``source`` of the other family),
+    RemoteProtocolError with IDENTITY_MISMATCH (the peer is not ``expect``,
+    or not a quicpair node, or refused our certificate), or
+    RemoteProtocolError with the listener's code when it did not admit us.
     """
     check_timers(idle_timeout, keepalive_interval, timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:  # bounded too: a name lookup can hang
         _, socket = await asyncio.wait_for(
-            loop.create_datagram_endpoint(UdpSocket, remote_addr=(host, port)), timeout
+            loop.create_datagram_endpoint(
+                UdpSocket, remote_addr=(host, port), local_addr=None if source is None else (source, 0)
+            ),
+            timeout,
         )
     except TimeoutError as exc:
         raise PeerUnreachable(f"cannot resolve {host} within {timeout:g} s") from exc
     except OSError as exc:
-        raise PeerUnreachable(f"cannot reach {host}:{port}: {exc.strerror or exc}") from exc
+        raise PeerUnreachable(f"cannot reach {shown}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # asyncio: no (source, destination) pair of one family
+        raise PeerUnreachable(f"cannot reach {shown} from {source}: {exc}") from exc
     assert socket.transport is not None
     remote = socket.transport.get_extra_info("peername")
     local = socket.transport.get_extra_info("sockname")

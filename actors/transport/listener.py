@@ -80,7 +80,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.actors.transport.tls import PinnedQuicConnection, quic_configuration
-from quicpair.actors.transport.udp import UdpSocket, check_timers, sockaddr
+from quicpair.actors.transport.udp import UdpSocket, check_timers, listen_socket, sockaddr
 from quicpair.protocol.errors import ConfigError, ErrorCode, QuicpairError
 from quicpair.protocol.identity import Identity, NodeId
 from quicpair.protocol.keys import RESET_TOKEN_SIZE, stateless_reset_token
@@ -204,6 +204,8 @@ class Listener:
         self.throttled = 0
         #: Stateless resets sent (packets for connections we do not know).
         self.resets = 0
+        #: Why the port is not bound as asked (``::`` without IPv6: IPv4 only), else None.
+        self.fallback: str | None = None
         self._log = get_logger(listener=f"{self.address[0]}:{self.address[1]}")
         socket.on_datagram = self._datagram_received
 
@@ -443,6 +445,9 @@ async def listen(
 ) -> Listener:
     """Accept connections on ``host:port`` (port 0: any free port, see ``Listener.address``).
 
+    ``::`` listens on both families (dual-stack); where the system has no
+    IPv6 it binds ``0.0.0.0`` instead and ``Listener.fallback`` says why.
+
     Each connection must present an Ed25519 node certificate; ``admit(peer,
     alpn)`` then decides (None admits, a code refuses with that code), and
     ``on_connection(link)`` receives every admitted link, its ``.alpn``
@@ -466,17 +471,17 @@ async def listen(
     if retry_threshold is not None and retry_threshold < 0:
         raise ConfigError(f"retry_threshold ({retry_threshold}) must not be negative")
     loop = asyncio.get_running_loop()
+    sock, fallback = listen_socket(host, port)
+    # A burst of handshakes (200 joiners at once) overflowed the default buffer (~208 KB)
+    # while the loop was busy: 1026 Initials dropped in one run (RcvbufErrors), each one
+    # costing its dialer a probe timeout. The kernel caps this at net.core.rmem_max.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, RECEIVE_BUFFER)
     try:
-        _, socket = await loop.create_datagram_endpoint(UdpSocket, local_addr=(host, port))
+        _, socket = await loop.create_datagram_endpoint(UdpSocket, sock=sock)
     except OSError as exc:
+        sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock = socket.transport.get_extra_info("socket") if socket.transport is not None else None
-    if sock is not None:
-        # A burst of handshakes (200 joiners at once) overflowed the default buffer (~208 KB)
-        # while the loop was busy: 1026 Initials dropped in one run (RcvbufErrors), each one
-        # costing its dialer a probe timeout. The kernel caps this at net.core.rmem_max.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, RECEIVE_BUFFER)
     config = quic_configuration(
         identity, is_client=False, alpns=alpns, idle_timeout=idle_timeout, now=time.time()
     )
@@ -495,5 +500,6 @@ async def listen(
         on_notice=on_notice,
         max_validated_per_source=max_validated_per_source,
     )
+    listener.fallback = fallback
     listener._log.debug("quic.listening", alpns=alpns)
     return listener

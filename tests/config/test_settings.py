@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str, name: str = "quicpair.toml") -> Path:
 
 def test_defaults() -> None:
     settings = load_settings()
-    assert settings.node.listen_host == "0.0.0.0"
+    assert settings.node.listen_host == "::", "dual-stack by default (issue 12)"
     assert (settings.node.listen_port, settings.node.max_concurrent_pairings) == (47470, 32)
     assert dataclasses.astuple(settings.pairing) == (300.0, 3, 10.0, 30.0, 32)
     assert dataclasses.astuple(settings.link) == (
@@ -90,7 +90,7 @@ def test_a_user_file_changes_only_what_it_names(tmp_path: Path) -> None:
     )
     settings = load_settings(path)
     assert (settings.node.name, settings.node.listen_port) == ("alice-laptop", 50000)
-    assert settings.node.listen_host == "0.0.0.0"
+    assert settings.node.listen_host == "::"
     assert (settings.link.idle_timeout, settings.link.keepalive_interval) == (60.0, 20.5)
     assert settings.link.backoff_max == 30.0
     assert settings.log.level == "debug", "levels are case-insensitive, stored in lowercase"
@@ -179,6 +179,14 @@ FILE_ERRORS: dict[str, tuple[str, str]] = {
     "host name for an address": (
         '[node]\nlisten_host = "localhost"\n',
         r"line 2: \[node\] listen_host = 'localhost' is not an IP address; allowed: an IP address such as",
+    ),
+    "link-local address without its interface": (
+        '[node]\nlisten_host = "fe80::1"\n',
+        r"line 2: \[node\] listen_host = 'fe80::1' is link-local: it needs its interface, like fe80::1%eth0",
+    ),
+    "multicast address": (
+        '[node]\nlisten_host = "ff02::fb"\n',
+        r"line 2: \[node\] listen_host = 'ff02::fb' is a multicast address",
     ),
     "unknown message name": (
         '[testing]\ncrash_session_after = "PairDune"\n',

@@ -451,11 +451,11 @@ def test_discovery_off_leaves_nothing_running(tmp_path: Path, loop_thread: Event
     assert FakeDiscovery.instances == [] and ctx.discovery is None and ctx.closing == []
 
 
-def test_only_routable_addresses_are_advertised() -> None:
-    assert advertised_ips(["127.0.0.1:1", "10.0.0.2:1", "[::1]:1", "[fe80::1]:1", "[2001:db8::1]:1"]) == [
-        "10.0.0.2",
-        "2001:db8::1",
-    ]
+def test_a_and_aaaa_records_carry_every_address_but_loopback() -> None:
+    # Link-local too, without our zone: the receiver knows the interface it heard them on.
+    assert advertised_ips(
+        ["127.0.0.1:1", "10.0.0.2:1", "[::1]:1", "[fe80::1%eth0]:1", "[2001:db8::1]:1", "[::ffff:10.0.0.3]:1"]
+    ) == ["10.0.0.2", "fe80::1", "2001:db8::1", "10.0.0.3"]
 
 
 # -- the control protocol ------------------------------------------------------------------------------
@@ -498,7 +498,7 @@ def test_a_node_bound_to_loopback_never_starts_mdns(tmp_path: Path, loop_thread:
 
 
 def test_an_accepted_connection_is_remembered_at_the_port_the_peer_listens_on() -> None:
-    from quicpair.protocol.codes import dialable_observed
+    from quicpair.protocol.addresses import dialable_observed
 
     # The source port of an accepted connection is the dialer's ephemeral socket.
     assert dialable_observed("10.231.0.9:53117", ("10.231.0.5:47470",)) == "10.231.0.9:47470"

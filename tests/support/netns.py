@@ -9,11 +9,27 @@ host namespaces, each with one veth cable ``eth0`` plugged into the switch::
 
 Nothing is created in the caller's own namespace: veth pairs are created
 directly inside the namespaces (``ip -n NS link add ... peer ... netns NS2``),
-the hosts have no default route, and addresses come from 10.231.0.0/16, so
-no packet can leave the namespaces a test made. Each host has ``lo`` up and
-a multicast route (224.0.0.0/4 on eth0) so mDNS works. IPv6 is disabled in
-the namespaces by default: link-local addresses come up only after DAD, which
-would make "is mDNS reachable yet" timing-dependent.
+the hosts have no default route, and addresses come from 10.231.0.0/16,
+fd00:231::/64 and fe80::/64, so no packet can leave the namespaces a test
+made. Each host has ``lo`` up and a multicast route (224.0.0.0/4 on eth0) so
+mDNS works.
+
+What a LAN speaks is its ``stack``:
+
+- ``"ipv4"`` (the default): IPv4 only, IPv6 disabled in the namespaces;
+- ``"dual"``: IPv4, a ULA ``fd00:231::(10+i)/64`` and a link-local
+  ``fe80::(10+i)/64`` on each eth0;
+- ``"ipv6"``: the ULA and the link-local address, no IPv4 address at all;
+- ``"link-local"``: only the link-local address (two devices on a cable or
+  an unmanaged switch, no router, no DHCP).
+
+IPv6 addresses are fixed (no SLAAC, ``addr_gen_mode`` none) and usable at
+once (duplicate address detection off): a test never waits for DAD. The
+switch namespace forwards frames only (IPv6 off there). :meth:`Lan.blackhole_ipv4`
+drops every IPv4 packet at the switch while ARP still answers, like a
+network whose IPv4 is broken or behind a captive portal (nftables, see
+:func:`require_nft`); :meth:`Host.add_cable` gives a host a second cable
+with an address of its own (a multi-homed host).
 
 Namespace names carry the creating process's pid, so parallel runs never
 collide, and namespaces left behind by a crashed run (whose pid is gone) are
@@ -42,6 +58,7 @@ import pytest
 
 __all__ = [
     "PREFIX",
+    "STACKS",
     "Host",
     "Lan",
     "cleanup_stale",
@@ -50,6 +67,7 @@ __all__ = [
     "netem_available",
     "netns_lan",
     "require_netns",
+    "require_nft",
 ]
 
 #: Every namespace made by this module starts with this; stale cleanup only touches these.
@@ -57,6 +75,11 @@ PREFIX = "qpt"
 #: Host i gets 10.231.0.(10 + i); moves go anywhere else in the /16.
 _NET = "10.231"
 _PREFIXLEN = 16
+#: Host i gets fd00:231::(10 + i) and fe80::(10 + i), in hex.
+_ULA = "fd00:231::"
+_LINK_LOCAL = "fe80::"
+#: What a LAN may speak (see the module docstring).
+STACKS = ("ipv4", "dual", "ipv6", "link-local")
 _HOST_BASE = 10
 _MAX_HOSTS = 200
 _NAME_RE = re.compile(rf"^{PREFIX}-(\d+)-\d+-\w+$")
@@ -121,6 +144,20 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
     return removed
 
 
+def require_nft() -> None:
+    """Fail the test (not skip) unless nftables' ``nft`` is installed (Debian package ``nftables``).
+
+    CI installs it before the tests (.ci/run); on a workstation:
+    ``apt-get install -y nftables``.
+    """
+    if shutil.which("nft") is None:
+        pytest.fail(
+            "this test needs nftables' `nft` command to drop traffic inside its own namespaces; "
+            "install it with `apt-get install -y nftables` (.ci/run does)",
+            pytrace=False,
+        )
+
+
 def require_netns() -> None:
     """Fail the test (not skip) unless we are root and ``ip netns`` works."""
     if os.geteuid() != 0:
@@ -149,8 +186,26 @@ class Host:
         #: The host's interface, and its peer's name on the bridge side.
         self.iface = "eth0"
         self.switch_port = port
-        #: The current IPv4 address of eth0 (without prefix length).
-        self.address = f"{_NET}.0.{_HOST_BASE + index}"
+        stack = lan.stack
+        #: eth0's IPv4 address (without prefix length); None on an IPv6-only LAN.
+        self.ipv4 = f"{_NET}.0.{_HOST_BASE + index}" if stack in ("ipv4", "dual") else None
+        #: eth0's ULA; None without one.
+        self.ula = f"{_ULA}{_HOST_BASE + index:x}" if stack in ("dual", "ipv6") else None
+        #: eth0's link-local address, with its zone (``fe80::a%eth0``); None on an IPv4 LAN.
+        self.link_local = f"{_LINK_LOCAL}{_HOST_BASE + index:x}%eth0" if stack != "ipv4" else None
+        #: The second cable's (name, address) once :meth:`add_cable` ran.
+        self.cables: list[tuple[str, str]] = []
+
+    @property
+    def address(self) -> str:
+        """The host's main address: IPv4 if it has one, else its ULA, else its link-local one."""
+        found = self.ipv4 or self.ula or self.link_local
+        assert found is not None
+        return found
+
+    @address.setter
+    def address(self, value: str) -> None:
+        self.ipv4 = value
 
     def __repr__(self) -> str:
         return f"Host({self.ns}, {self.address})"
@@ -171,6 +226,24 @@ class Host:
         proc: subprocess.Popen[str] = subprocess.Popen(self.exec_argv(argv), **kwargs)
         self.lan.processes.append(proc)
         return proc
+
+    def add_cable(self, address: str) -> str:
+        """A second cable into the switch with its own IPv4 ``address`` (same /16); its name.
+
+        The host becomes multi-homed: both cables reach the whole LAN, and the
+        kernel sends from eth0's address unless a socket is bound to this one.
+        """
+        name = f"eth{1 + len(self.cables)}"
+        port = f"{self.switch_port}c{len(self.cables) + 1}"
+        self.lan.ip(
+            self.lan.bridge_ns, "link", "add", port, "type", "veth", "peer", "name", name, "netns", self.ns
+        )
+        self.lan.ip(self.lan.bridge_ns, "link", "set", port, "master", "br0")
+        self.lan.ip(self.lan.bridge_ns, "link", "set", port, "up")
+        self.lan.ip(self.ns, "addr", "add", f"{address}/{_PREFIXLEN}", "dev", name)
+        self.lan.ip(self.ns, "link", "set", name, "up")
+        self.cables.append((name, address))
+        return name
 
     def move(self, new_address: str) -> None:
         """Change eth0's address (break before make, like a DHCP renumbering)."""
@@ -253,11 +326,14 @@ def _blackhole_qdisc() -> list[str]:
 class Lan:
     """A switch namespace and ``n`` host namespaces; use as a context manager."""
 
-    def __init__(self, n: int, *, ipv6: bool = False) -> None:
+    def __init__(self, n: int, *, stack: str = "ipv4") -> None:
         if not 1 <= n <= _MAX_HOSTS:
             raise ValueError(f"a Lan has 1..{_MAX_HOSTS} hosts")
+        if stack not in STACKS:
+            raise ValueError(f"a Lan's stack is one of {STACKS}, not {stack!r}")
         self.n = n
-        self.ipv6 = ipv6
+        #: What the LAN speaks (module docstring).
+        self.stack = stack
         seq = next(_seq)
         base = f"{PREFIX}-{os.getpid()}-{seq}"
         #: The namespace that holds the bridge.
@@ -276,22 +352,20 @@ class Lan:
     def ip_tc(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(["ip", "netns", "exec", ns, "tc", *args], check=check)
 
-    def _add_ns(self, ns: str) -> None:
+    def _add_ns(self, ns: str, *, ipv6: bool) -> None:
         _run(["ip", "netns", "add", ns])
         self._created.append(ns)
-        if not self.ipv6:
-            _run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ]
-            )
+        if ipv6:
+            # Before any interface exists, so that eth0 inherits it: fixed addresses only
+            # (no SLAAC link-local), usable at once (no DAD), no router solicitations.
+            sysctls = [
+                f"net.ipv6.conf.{which}.{key}={value}"
+                for which in ("all", "default")
+                for key, value in (("accept_dad", 0), ("addr_gen_mode", 1), ("accept_ra", 0))
+            ]
+        else:
+            sysctls = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
+        _run(["ip", "netns", "exec", ns, "sysctl", "-qw", *sysctls])
         self.ip(ns, "link", "set", "lo", "up")
 
     # -- lifecycle ---------------------------------------------------------
@@ -299,12 +373,12 @@ class Lan:
     def open(self) -> Lan:
         cleanup_stale()
         try:
-            self._add_ns(self.bridge_ns)
+            self._add_ns(self.bridge_ns, ipv6=False)  # a switch forwards frames, IPv6 ones too
             # Snooping off: mDNS must flood like on a dumb switch, whatever IGMP saw.
             self.ip(self.bridge_ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
             self.ip(self.bridge_ns, "link", "set", "br0", "up")
             for host in self.hosts:
-                self._add_ns(host.ns)
+                self._add_ns(host.ns, ipv6=self.stack != "ipv4")
                 # Both ends are born inside their namespaces: nothing touches ours.
                 self.ip(
                     self.bridge_ns,
@@ -321,13 +395,41 @@ class Lan:
                 )
                 self.ip(self.bridge_ns, "link", "set", host.switch_port, "master", "br0")
                 self.ip(self.bridge_ns, "link", "set", host.switch_port, "up")
-                self.ip(host.ns, "addr", "add", f"{host.address}/{_PREFIXLEN}", "dev", host.iface)
+                if host.ipv4 is not None:
+                    self.ip(host.ns, "addr", "add", f"{host.ipv4}/{_PREFIXLEN}", "dev", host.iface)
+                for ip6 in (host.ula, host.link_local):
+                    if ip6 is not None:
+                        bare = ip6.split("%", 1)[0]
+                        self.ip(host.ns, "-6", "addr", "add", f"{bare}/64", "dev", host.iface, "nodad")
                 self.ip(host.ns, "link", "set", host.iface, "up")
-                self.ip(host.ns, "route", "add", "224.0.0.0/4", "dev", host.iface)
+                if host.ipv4 is not None:
+                    self.ip(host.ns, "route", "add", "224.0.0.0/4", "dev", host.iface)
         except BaseException:
             self.close()
             raise
         return self
+
+    def blackhole_ipv4(self) -> None:
+        """Drop every IPv4 packet at the switch, silently; ARP still answers (nftables, bridge family)."""
+        require_nft()
+        ruleset = (
+            "table bridge qpt {\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            "    ether type ip drop\n"
+            "  }\n"
+            "}\n"
+        )
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.bridge_ns, "nft", "-f", "-"],
+            input=ruleset,
+            capture_output=True,
+            text=True,
+            timeout=_CMD_TIMEOUT,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft could not load the blackhole in {self.bridge_ns}: {proc.stderr.strip()}")
 
     def close(self) -> None:
         """Kill our processes, delete our namespaces; never raises for what is already gone."""
@@ -361,10 +463,10 @@ class Lan:
 
 
 @contextlib.contextmanager
-def lan(n: int, *, ipv6: bool = False) -> Iterator[Lan]:
+def lan(n: int, *, stack: str = "ipv4") -> Iterator[Lan]:
     """``with lan(2) as net: a, b = net.hosts`` — checks the environment first."""
     require_netns()
-    with Lan(n, ipv6=ipv6) as net:
+    with Lan(n, stack=stack) as net:
         yield net
 
 
@@ -374,8 +476,8 @@ def netns_lan() -> Iterator[Any]:
     require_netns()
     made: list[Lan] = []
 
-    def make(n: int, *, ipv6: bool = False) -> Lan:
-        net = Lan(n, ipv6=ipv6)
+    def make(n: int, *, stack: str = "ipv4") -> Lan:
+        net = Lan(n, stack=stack)
         made.append(net)
         return net.open()
 

@@ -190,8 +190,9 @@ class ChildProcess:
 
     @property
     def address(self) -> str:
-        """``host:port`` the child listens on."""
-        return f"{self.info['host']}:{self.info['port']}"
+        """``host:port`` the child listens on (IPv6 in brackets)."""
+        host = str(self.info["host"])
+        return f"[{host}]:{self.info['port']}" if ":" in host else f"{host}:{self.info['port']}"
 
     @property
     def port(self) -> int:
@@ -296,12 +297,13 @@ class NodeProcess(ChildProcess):
         workdir: Path,
         settings: Sequence[str] = (),
         *,
-        listen: str = "127.0.0.1:0",
+        listen: str | None = "127.0.0.1:0",
         netns: str | None = None,
     ) -> None:
         super().__init__(name, workdir)
         self.home = workdir / name
         self.settings = [*BASE_SETTINGS, *settings]
+        #: ``--listen HOST:PORT``; None starts the node with the default listen setting.
         self.listen = listen
         #: The network namespace the node runs in (None: the test's own).
         self.netns = netns
@@ -310,6 +312,8 @@ class NodeProcess(ChildProcess):
             self.command_prefix = ["ip", "netns", "exec", netns]
         elif _mdns_enabled(self.settings):  # network hygiene: never on the real interfaces
             raise ValueError(f"{name}: mDNS only inside a test's own network namespace (netns=...)")
+        elif listen is None:  # the default listens on every interface: the same rule
+            raise ValueError(f"{name}: the default listen setting only inside a test's own namespace")
         #: 1 for the first start, +1 for each restart (each has its own log file).
         self.incarnation = 0
         self._ids = itertools.count(1)
@@ -335,7 +339,9 @@ class NodeProcess(ChildProcess):
         """Start the process; :meth:`wait_ready` waits for its ``ready`` line."""
         self.incarnation += 1
         self._waiting = {}
-        args = ["--home", str(self.home), "--listen", self.listen, "--name", self.name]
+        args = ["--home", str(self.home), "--name", self.name]
+        if self.listen is not None:
+            args += ["--listen", self.listen]
         args += ["--log", str(self.log_path)]
         for item in self.settings:
             args += ["--set", item]
@@ -365,7 +371,7 @@ class NodeProcess(ChildProcess):
     def restart(self, *, same_port: bool = True) -> NodeProcess:
         """Start a new incarnation on the same home (and, by default, the same port)."""
         assert not self.running, f"{self.name} must be stopped or killed before a restart"
-        if same_port and self.info:
+        if same_port and self.info and self.listen is not None:
             self.listen = self.address
         return self.start()
 
