@@ -132,6 +132,8 @@ class Node:
             in_doubt = _recover_pairings(store)
             # Delivery numbers of this run start above every number of an earlier run.
             epoch = store.next_send_epoch()
+            # Acknowledged messages the application had not taken when the node stopped.
+            undelivered = store.inbox()
         loop = EventLoopThread(f"quicpair-loop-{identity.node_id.fingerprint}").start()
         ctx = NodeContext(
             identity=identity,
@@ -144,8 +146,14 @@ class Node:
             codebook=Codebook(max_open=self.settings.pairing.max_open_codes),
         )
         ctx.inbox = Inbox(
-            f"quicpair-{identity.node_id.fingerprint}", ctx.counters, ctx.log, on_room=self._inbox_room
+            f"quicpair-{identity.node_id.fingerprint}",
+            ctx.counters,
+            ctx.log,
+            on_room=self._inbox_room,
+            on_take=self._hand_over,
         )
+        for peer, seq, payload in undelivered:
+            ctx.inbox.deliver(peer, payload, seq)
         ctx.pairing_mismatch = self._on_pairing_mismatch
         self._ctx, self._loop = ctx, loop
         try:
@@ -215,6 +223,10 @@ class Node:
             ),
             restart=Restart.TEMPORARY,
         )
+
+    def _hand_over(self, messages: list[ReceivedMessage]) -> None:
+        # On the application's thread, before it gets them: out of the registry's inbox.
+        self._ask_registry("handed_over", [(m.peer, m.seq) for m in messages])
 
     def _inbox_room(self) -> None:
         # From the thread that took messages from a full inbox (the application's).

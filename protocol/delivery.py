@@ -238,6 +238,11 @@ class Inbound:
         return self._writing is not None
 
     @property
+    def batch(self) -> list[tuple[int, bytes]]:
+        """The payloads of the write in flight (what :meth:`begin_write` chose), in order."""
+        return list(self._writing or ())
+
+    @property
     def unwritten(self) -> int:
         """Payloads taken, waiting for the next write (not counting the one in flight)."""
         return len(self._batch)

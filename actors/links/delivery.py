@@ -10,10 +10,12 @@ receive mark). This is what they need from the runtime, for one peer, on the loo
   error when the link ends for good. A durable send (``queue=True``) is written to the
   registry first (the caller returns then) and has no deadline: it survives restarts of this
   node and is sent at every contact until acknowledged, then removed from the registry.
-* **receiving**: a payload taken from the peer joins a batch; one registry write records
-  the batch's mark (the highest number taken), then the batch goes to the application (the
-  node's inbox) and one LinkAck says so. Nothing is delivered twice, even across a crash of
-  this node; a full inbox stops the writes, hence the acks, hence the peer's sender.
+* **receiving**: a payload taken from the peer joins a batch; one registry transaction
+  stores the batch in the registry's inbox and raises the receive mark to its highest
+  number (``take``, fsynced), then the batch goes to the application (the node's inbox)
+  and one LinkAck says so. So an acknowledged payload is never lost with this node's
+  process (it waits in the registry until the application takes it, across restarts) and
+  never taken twice; a full inbox stops the writes, hence the acks, hence the peer's sender.
 
 Everything here is loop-confined, like the worker that owns it; registry calls go through
 the worker's ``write(what, method, *args)`` and come back as :meth:`written`.
@@ -194,9 +196,9 @@ class PeerDelivery:
         self.waiting_for_room = room == 0 and self._in.unwritten > 0
         if room == 0:
             return
-        mark = self._in.begin_write(room)
-        if mark is not None:
-            self._write("mark", "set_receive_mark", self._peer, self.pairing_id, mark)
+        if self._in.begin_write(room) is not None:
+            # The payloads and the mark in one durable transaction; then deliver and ack.
+            self._write("mark", "take", self._peer, self.pairing_id, self._in.batch, self._wall_clock())
 
     def mark_written(self, ok: bool) -> int | None:
         """The mark write ended: deliver the batch (ok) and return the mark to acknowledge."""

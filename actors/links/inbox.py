@@ -17,11 +17,15 @@ ways:
   control protocol's ``messages`` op.
 
 Nothing is ever dropped here: a message in the inbox has been acknowledged to
-its sender. The inbox holds at most :data:`INBOX_LIMIT` messages (queued, or
-waiting for a slow subscriber); a link worker asks :meth:`Inbox.room` before it
-takes more, and when there is none it stops acknowledging, so the peers'
-send windows fill and their senders wait (back-pressure) until the application
-reads; ``on_room`` tells the node when space comes back.
+its sender, and it is also in the registry's inbox until the application takes
+it: ``on_take`` (the node's) removes it there *before* it is handed over, so a
+message reaches the application at most once, and one the application never
+took is offered again after a restart. The inbox holds at most
+:data:`INBOX_LIMIT` messages (queued, or waiting for a slow subscriber); a link
+worker asks :meth:`Inbox.room` before it takes more, and when there is none it
+stops acknowledging, so the peers' send windows fill and their senders wait
+(back-pressure) until the application reads; ``on_room`` tells the node when
+space comes back.
 
 The delivery thread starts with the first subscription and ends with
 :meth:`Inbox.close` (``Node.stop``).
@@ -49,6 +53,8 @@ INBOX_LIMIT = 4096
 Subscriber = Callable[[NodeId, bytes], None]
 #: Called (from the thread that took messages) when a full inbox has room again.
 OnRoom = Callable[[], None]
+#: Called (on the taking thread) with the messages about to leave the inbox, before they do.
+OnTake = Callable[[list["ReceivedMessage"]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +85,12 @@ class Inbox:
         *,
         limit: int = INBOX_LIMIT,
         on_room: OnRoom | None = None,
+        on_take: OnTake | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError("the inbox limit must be at least 1")
         self._on_room = on_room
+        self._on_take = on_take
         self._full = False
         self._name = name
         self._counters = counters
@@ -145,6 +153,8 @@ class Inbox:
                     return None
                 self._cond.wait(remaining)
             message = self._queue.popleft() if self._queue else None
+        if message is not None:
+            self._taken([message])
         self._took()
         return message
 
@@ -156,8 +166,17 @@ class Inbox:
         with self._cond:
             rest = list(self._queue)
             self._queue.clear()
+        self._taken(rest)
         self._took()
         return [first, *rest]
+
+    def _taken(self, messages: list[ReceivedMessage]) -> None:
+        """``messages`` leave the inbox now: out of the registry first (at most once)."""
+        if messages and self._on_take is not None:
+            try:
+                self._on_take(messages)
+            except Exception as exc:  # the registry failed: offered again after a restart
+                self._log.error("link.inbox_take_failed", messages=len(messages), error=repr(exc))
 
     def _took(self) -> None:
         """Messages left the inbox: if it was full, say there is room again (once)."""
@@ -189,6 +208,7 @@ class Inbox:
                     return
                 message = self._outbox.popleft()
                 subscribers = list(self._subscribers)
+            self._taken([message])
             self._took()
             for callback in subscribers:
                 try:

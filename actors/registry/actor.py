@@ -192,8 +192,13 @@ class RegistryActor(pykka.ThreadingActor):
     def list(self, states: Iterable[DeviceState] | None = None) -> _Records:
         return self._ready().list(states)
 
-    def set_receive_mark(self, node_id: NodeId, pairing_id: bytes, mark: int) -> bool:
-        return self._ready().set_receive_mark(node_id, pairing_id, mark)
+    def take(
+        self, node_id: NodeId, pairing_id: bytes, payloads: Sequence[tuple[int, bytes]], now: float
+    ) -> bool:
+        return self._ready().take(node_id, pairing_id, payloads, now)
+
+    def handed_over(self, taken: Sequence[tuple[NodeId, int]]) -> int:
+        return self._ready().handed_over(taken)
 
     def enqueue(self, message: QueuedMessage) -> None:
         self._ready().enqueue(message)

@@ -24,7 +24,8 @@ Schema history (:data:`MIGRATIONS`):
    device, or of one we still owe an unpair). Same columns as ``device``; at most one
    per device; deleted with the device row (``ON DELETE CASCADE``).
 3. Acknowledged delivery: ``receive_mark`` (per device, deleted with its row),
-   ``outbox`` (queued sends) and ``node_state`` (the send epoch).
+   ``outbox`` (queued sends), ``inbox`` (received, not yet taken by the application)
+   and ``node_state`` (the send epoch).
 """
 
 from __future__ import annotations
@@ -144,6 +145,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             queued_at REAL NOT NULL,
             PRIMARY KEY (node_id, seq)
         ) WITHOUT ROWID""",
+        # Payloads taken from a device (acknowledged to it) that the application has not taken
+        # yet: an acknowledged message is never lost with this node's process. Not tied to a
+        # pairing: what was acknowledged is delivered, re-pair or unpair.
+        """CREATE TABLE inbox (
+            node_id BLOB NOT NULL CHECK (typeof(node_id) = 'blob' AND length(node_id) = 32),
+            seq INTEGER NOT NULL CHECK (seq >= 0),
+            payload BLOB NOT NULL CHECK (typeof(payload) = 'blob'),
+            received_at REAL NOT NULL,
+            PRIMARY KEY (node_id, seq)
+        ) WITHOUT ROWID""",
         # Node-wide counters; 'send_epoch' is raised at every start, so delivery numbers of
         # a run never repeat those of an earlier run (protocol/delivery.py).
         """CREATE TABLE node_state (
@@ -167,6 +178,7 @@ _REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
     "pending_address": frozenset(("node_id", "address", "rank")),
     "receive_mark": frozenset(("node_id", "mark")),
     "outbox": frozenset(("node_id", "seq", "payload", "queued_at")),
+    "inbox": frozenset(("node_id", "seq", "payload", "received_at")),
     "node_state": frozenset(("key", "value")),
 }
 

@@ -36,11 +36,12 @@ apart, in ``pending_pairing``, while the old record stays in use:
 ``remove``              the device, and any pairing with it stored apart.
 ======================  =========================================================
 
-**Acknowledged delivery** (protocol/delivery.py) keeps three things here: the node's
+**Acknowledged delivery** (protocol/delivery.py) keeps four things here: the node's
 send epoch (:meth:`~RegistryStore.next_send_epoch`, raised once per start), per device
 the receive mark of its pairing in use (deleted with the device row, so a new pairing
-starts at 0), and the durably queued sends (``outbox``: they outlive a re-pair, an
-unpair drops them).
+starts at 0), the durably queued sends (``outbox``: they outlive a re-pair, an unpair
+drops them) and the received payloads the application has not taken yet (``inbox``:
+written with the mark in one transaction, before the acknowledgement).
 
 Why a REVOKED record we still owe an unpair survives a new pairing: the unpair can
 only be delivered over a link keyed by the *old* pairing secret, which the peer still
@@ -460,6 +461,7 @@ class RegistryStore:
         stored apart (cascade), and the sends queued for it."""
         with self._transaction("remove") as conn:
             conn.execute("DELETE FROM outbox WHERE node_id = ?", (node_id.raw,))
+            conn.execute("DELETE FROM inbox WHERE node_id = ?", (node_id.raw,))
             return conn.execute("DELETE FROM device WHERE node_id = ?", (node_id.raw,)).rowcount == 1
 
     # -- acknowledged delivery ------------------------------------------------------
@@ -474,22 +476,50 @@ class RegistryStore:
             row = conn.execute("SELECT value FROM node_state WHERE key = 'send_epoch'").fetchone()
             return int(row[0])
 
-    def set_receive_mark(self, node_id: NodeId, pairing_id: bytes, mark: int) -> bool:
-        """Record that every delivery number up to ``mark`` was taken from the device (it only
-        grows). False when ``pairing_id`` is no longer the device's pairing in use: a mark
-        of another pairing never carries over."""
-        with self._transaction("set_receive_mark") as conn:
+    def take(
+        self, node_id: NodeId, pairing_id: bytes, payloads: Sequence[tuple[int, bytes]], now: float
+    ) -> bool:
+        """Take a batch of the device's payloads ``(seq, payload)``, in one durable transaction:
+        into the inbox, and the receive mark up to the last one (it only grows). After this the
+        batch may be acknowledged: it is neither lost nor taken twice. False (nothing written)
+        when ``pairing_id`` is no longer the device's pairing in use."""
+        with self._transaction("take") as conn:
             row = conn.execute(
                 "SELECT 1 FROM device WHERE node_id = ? AND pairing_id = ?", (node_id.raw, pairing_id)
             ).fetchone()
             if row is None:
                 return False
-            conn.execute(
-                "INSERT INTO receive_mark (node_id, mark) VALUES (?, ?) "
-                "ON CONFLICT (node_id) DO UPDATE SET mark = max(mark, excluded.mark)",
-                (node_id.raw, mark),
+            conn.executemany(
+                "INSERT OR IGNORE INTO inbox (node_id, seq, payload, received_at) VALUES (?, ?, ?, ?)",
+                [(node_id.raw, seq, payload, now) for seq, payload in payloads],
             )
+            if payloads:
+                conn.execute(
+                    "INSERT INTO receive_mark (node_id, mark) VALUES (?, ?) "
+                    "ON CONFLICT (node_id) DO UPDATE SET mark = max(mark, excluded.mark)",
+                    (node_id.raw, payloads[-1][0]),
+                )
             return True
+
+    def handed_over(self, taken: Sequence[tuple[NodeId, int]]) -> int:
+        """The application took these ``(device, seq)`` payloads: out of the inbox; how many.
+
+        Committed before the application gets them (at most once to the application, even
+        across a crash); not fsynced: lost with the power, a payload is offered again, with
+        its number (ReceivedMessage.seq) for an application that must not see it twice."""
+        with self._transaction("handed_over", durable=False) as conn:
+            return sum(
+                conn.execute("DELETE FROM inbox WHERE node_id = ? AND seq = ?", (n.raw, seq)).rowcount
+                for n, seq in taken
+            )
+
+    def inbox(self) -> builtins.list[tuple[NodeId, int, bytes]]:
+        """Payloads taken but not handed to the application, in the order they were taken."""
+        with self._guard("inbox") as conn:
+            rows = conn.execute(
+                "SELECT node_id, seq, payload FROM inbox ORDER BY received_at, node_id, seq"
+            ).fetchall()
+        return [(NodeId(bytes(r[0])), int(r[1]), bytes(r[2])) for r in rows]
 
     def enqueue(self, message: QueuedMessage) -> None:
         """Queue a send durably (one transaction): it survives restarts until :meth:`dequeue`."""

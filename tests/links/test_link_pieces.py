@@ -328,22 +328,23 @@ def test_received_payloads_are_recorded_then_delivered_once_and_a_full_inbox_hol
     assert not d.take(7, b"seven again"), "a duplicate is only re-acknowledged"
     d.record()
     (what, method, args) = rec.writes[-1]
-    assert (what, method, args) == ("mark", "set_receive_mark", (PEER, bytes(32), 7)), "the inbox holds 2"
+    assert (what, method) == ("mark", "take"), "payloads and mark in one durable write"
+    assert args == (PEER, bytes(32), [(5, b"five"), (7, b"seven")], clock.now), "the inbox holds 2"
     assert d.mark_written(True) == 7
     assert [(m.seq, m.payload) for m in rec.inbox.drain()] == [(5, b"five"), (7, b"seven")]
     d.record()
-    assert rec.writes[-1][2][2] == 9
+    assert rec.writes[-1][2][2][-1][0] == 9
     assert d.mark_written(True) == 9 and d.mark == 9
     d.take(10, b"ten")
     d.take(11, b"eleven")
     d.take(12, b"twelve")
     d.record()  # the inbox holds 9 already: room for one
-    assert rec.writes[-1][2][2] == 10 and d.mark_written(True) == 10
+    assert rec.writes[-1][2][2][-1][0] == 10 and d.mark_written(True) == 10
     d.record()
-    assert d.waiting_for_room and rec.writes[-1][2][2] == 10, "no write while the inbox is full"
+    assert d.waiting_for_room and rec.writes[-1][2][2][-1][0] == 10, "no write while the inbox is full"
     assert [m.seq for m in rec.inbox.drain()] == [9, 10]
     d.record()  # the worker does this when the inbox says it has room
-    assert rec.writes[-1][2][2] == 12 and d.mark_written(True) == 12
+    assert rec.writes[-1][2][2][-1][0] == 12 and d.mark_written(True) == 12
     assert [m.payload for m in rec.inbox.drain()] == [b"eleven", b"twelve"]
 
 

@@ -17,19 +17,24 @@ def test_the_send_epoch_rises_at_every_start_and_survives_closing(db: Path) -> N
         assert store.next_send_epoch() == 4
 
 
-def test_the_receive_mark_only_grows_and_belongs_to_the_pairing_in_use(store: RegistryStore) -> None:
+def test_taking_payloads_stores_them_with_the_mark_which_only_grows(store: RegistryStore) -> None:
     confirmed(store, 1)
     assert store.delivery_state(node(1)) == DeliveryState(receive_mark=0, queued=())
-    assert store.set_receive_mark(node(1), pairing_id(1), 7)
-    assert store.set_receive_mark(node(1), pairing_id(1), 5)  # an old write arriving late
+    assert store.take(node(1), pairing_id(1), [(5, b"five"), (7, b"seven")], 1.0)
+    assert store.take(node(1), pairing_id(1), [(6, b"late")], 2.0)  # a retransmission's write, late
     assert store.delivery_state(node(1)).receive_mark == 7
-    assert not store.set_receive_mark(node(1), pairing_id(1, generation=9), 99)  # another pairing
-    assert not store.set_receive_mark(node(2), pairing_id(2), 1)  # no such device
+    assert [(n, s) for n, s, _ in store.inbox()] == [(node(1), 5), (node(1), 7), (node(1), 6)]
+    assert not store.take(node(1), pairing_id(1, generation=9), [(99, b"x")], 3.0)  # another pairing
+    assert not store.take(node(2), pairing_id(2), [(1, b"x")], 3.0)  # no such device
+    assert len(store.inbox()) == 3, "a refused take writes nothing"
+    assert store.handed_over([(node(1), 5), (node(1), 6), (node(1), 99)]) == 2
+    assert store.inbox() == [(node(1), 7, b"seven")]
     # A re-pair that commits starts the mark again: the new pairing has taken nothing yet.
     store.add_pending(repair(1))
     assert store.delivery_state(node(1)).receive_mark == 7  # not committed yet: still in use
     assert store.confirm(node(1), repair(1).pairing_id, 500.0)
     assert store.delivery_state(node(1)).receive_mark == 0
+    assert store.inbox() == [(node(1), 7, b"seven")], "what was acknowledged is still delivered"
 
 
 def test_queued_sends_wait_in_order_until_acknowledged(store: RegistryStore) -> None:
