@@ -245,7 +245,10 @@ def test_a_restarted_waiting_side_is_reached_again_through_the_mdns_hint(net: Ne
     assert [c["code"] for c in closed] == ["PEER_RESTARTED"]
     dials = since(dialer, "link.dial", killed)
     assert [(d["why"], d["address"], d["source"]) for d in dials] == [("restarted", address, "stored")]
-    assert since(dialer, "link.mdns_lookup", killed) == [], "the hint gave the endpoint, no lookup"
+    assert up["source"] == "stored" and up["address"] == address
+    # No lookup held the dial: one may only start beside it, when the handshake took longer
+    # than the stagger (a loaded machine), as Happy Eyeballs would.
+    assert all(stamp(e) >= stamp(dials[0]) for e in since(dialer, "link.mdns_lookup", killed))
     assert waiter.events("link.dial") == [] and waiter.counters().get("link.dials", 0) == 0
     exchange(alice, bob, "after the restart")
 

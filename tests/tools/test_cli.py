@@ -509,7 +509,9 @@ def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: P
     ]
     assert [(r.returncode, r.stderr) for r in sends] == [(0, "")] * 4
     assert sends[0].stdout == sends[2].stdout == sends[3].stdout == ""
-    assert json.loads(sends[1].stdout) == {
+    sent = json.loads(sends[1].stdout)
+    assert isinstance(sent.pop("seq"), int), "the message's delivery number (docs/LINKS.md)"
+    assert sent == {
         "sent": 16, "node_id": info["alice"]["node_id"], "fingerprint": info["alice"]["fingerprint"]
     }  # fmt: skip
     got = [follow.json_line(), follow.json_line()]
