@@ -43,8 +43,10 @@ from typing import Any
 
 import pytest
 
-from quicpair.protocol.identity import Identity
+from quicpair.protocol.advert import encode_txt, new_boot_id
+from quicpair.protocol.identity import Identity, NodeId
 from support.link_harness import WAIT, exchange, link, lower_of, wait_linked
+from support.mdns_probe import Probe
 from support.netns import Host, Lan, require_netns
 from support.nodeproc import NodeProcess
 
@@ -305,6 +307,76 @@ def test_a_moved_node_is_found_again_through_mdns_after_its_stored_address_fails
     )
     assert mover.events("link.dial") == []
     exchange(alice, bob, "after the move")
+
+
+# -- forged adverts ----------------------------------------------------------------------------
+
+FORGED = 30
+
+
+@ROLES
+def test_forged_adverts_for_a_paired_peer_never_replace_its_working_connection(
+    net: Net, alice_lower: bool, tmp_path: Path
+) -> None:
+    """An unpaired host on the LAN publishes 30 adverts with the waiting side's NodeId, its own
+    address, other ports and a new boot id each: every one looks like a restart to the dialer.
+
+    Each is an announcement: the dialer checks its connection (a PING answered) at most once a
+    second and keeps it; none starts a handshake, none replaces anything.
+    """
+    hosts = net.lan(3).hosts
+    alice, bob = start_pair(net, hosts[:2], alice_lower=alice_lower)
+    pair_by_code(alice, bob)
+    before = wait_linked(alice, bob)
+    dialer, waiter = lower_of(alice, bob)
+    victim = NodeId.from_text(waiter.node_id)
+    rogue = Probe(hosts[2], tmp_path / "rogue.log")
+    try:
+        forged = time.time()
+        for k in range(FORGED):  # one every 0.1 s: the attack lasts 3 s, three check intervals
+            rogue.send(
+                "rogue",
+                name=f"forged-{k}",
+                port=40000 + k,
+                addresses=[hosts[2].address],
+                txt_hex=encode_txt(victim, (), new_boot_id()).hex(),
+            )
+            time.sleep(0.1)
+
+        def heard() -> list[dict[str, Any]]:
+            resolved = since(dialer, "discovery.resolved", forged, peer=victim.fingerprint)
+            return [e for e in resolved if any(hosts[2].address in x for x in e["endpoints"])]
+
+        dialer.wait_for(lambda: len(heard()) >= FORGED, timeout=WAIT, what="every forged advert heard")
+        # The checks the adverts caused have ended (each within liveness_timeout, 1 s).
+        dialer.wait_for(
+            lambda: (
+                len(since(dialer, "link.liveness_check", forged))
+                == len(since(dialer, "link.liveness_ok", forged))
+            ),
+            timeout=WAIT,
+            what="the liveness checks answered",
+        )
+        elapsed = time.time() - forged
+        exchange(alice, bob, "while forged adverts are on the LAN")
+    finally:
+        rogue.join(rogue.stop())
+
+    checks = since(dialer, "link.liveness_check", forged)
+    counts = dialer.counters()
+    print(
+        f"\n{FORGED} forged adverts over {elapsed:.1f} s: {len(checks)} liveness checks, "
+        f"{counts.get('link.announcements_damped', 0)} damped, 0 handshakes"
+    )
+    assert wait_linked(alice, bob, timeout=1.0) == before, "the very same connection"
+    assert 2 <= len(checks) <= elapsed + 1, "one check a second at most, whatever the address"
+    assert all(c["why"] == "hint" and c["conn"] == before for c in checks)
+    assert len(checks) + counts.get("link.announcements_damped", 0) >= FORGED
+    assert counts.get("link.liveness_failed", 0) == 0
+    for node in (alice, bob):
+        for event in ("link.replaced", "link.duplicate_closed", "link.down", "link.dial", "link.accepted"):
+            assert since(node, event, forged) == [], f"{node.name}: {event}"
+    assert counts.get("link.reconnects", 0) == 0
 
 
 # -- a partition heals -------------------------------------------------------------------------
