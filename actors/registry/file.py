@@ -21,6 +21,10 @@ Schema history (:data:`MIGRATIONS`):
    whose record must survive until that pairing commits (a re-pair of a confirmed
    device, or of one we still owe an unpair). Same columns as ``device``; at most one
    per device; deleted with the device row (``ON DELETE CASCADE``).
+3. ``sas`` on ``device`` and ``pending_pairing`` (the SAS words, space-separated; ''
+   for pairings made before), and ``address.source`` may be ``manual`` (added by a
+   person with ``quicpair address``: neither the peer's announcements nor observations
+   replace it).
 """
 
 from __future__ import annotations
@@ -123,13 +127,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         _pairing_id_is_new("pending_pairing", "device"),
         _pairing_id_is_new("device", "pending_pairing"),
     ),
+    (
+        "ALTER TABLE device ADD COLUMN sas TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE pending_pairing ADD COLUMN sas TEXT NOT NULL DEFAULT ''",
+        # A CHECK cannot be altered in SQLite: the address table is rebuilt with 'manual'.
+        """CREATE TABLE address_v3 (
+            node_id BLOB NOT NULL REFERENCES device (node_id) ON DELETE CASCADE,
+            address TEXT NOT NULL CHECK (length(address) > 0),
+            last_worked REAL,
+            source TEXT NOT NULL CHECK (source IN ('announced', 'observed', 'manual')),
+            rank INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (node_id, address)
+        ) WITHOUT ROWID""",
+        "INSERT INTO address_v3 (node_id, address, last_worked, source, rank) "
+        "SELECT node_id, address, last_worked, source, rank FROM address",
+        "DROP TABLE address",
+        "ALTER TABLE address_v3 RENAME TO address",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: The columns of ``device`` and ``pending_pairing``, named after DeviceRecord's fields.
 DEVICE_COLUMNS = (
     *("node_id", "name", "role", "state", "pairing_id", "pairing_secret", "send_key_fp"),
-    *("receive_key_fp", "paired_at", "updated_at", "unpair_pending", "observed_address"),
+    *("receive_key_fp", "paired_at", "updated_at", "unpair_pending", "observed_address", "sas"),
 )
 #: The columns the store's queries use; a registry without them is not one we can read.
 _REQUIRED_COLUMNS: dict[str, frozenset[str]] = {

@@ -232,7 +232,7 @@ def test_a_version_1_registry_is_migrated_keeping_its_devices_and_addresses(db: 
         assert store.get(node(1)).pairing_id == pairing_id(1, generation=2)  # type: ignore[union-attr]
         assert store.get(node(2)) == devices[1] and store.get(node(3)) == devices[2]
     conn = raw(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"device", "address", "pending_pairing", "pending_address"}
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
