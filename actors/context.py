@@ -43,6 +43,10 @@ class Offer:
     result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     #: One line per failed attempt ("wrong code", "timed out"...), for people.
     attempts: list[str] = field(default_factory=list)
+    #: The person who opened the code asked to confirm the SAS of each pairing with it.
+    verify: bool = False
+    #: Where SAS checks go for whoever waits on the offer (actors/pairing/device.py CheckChain).
+    checks: Any = None
 
 
 @dataclass(slots=True)

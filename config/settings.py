@@ -114,6 +114,10 @@ class PairingSettings:
     step_timeout: float = _rule(gt=0, le=600)
     #: How long an in-doubt joiner keeps trying to learn the outcome.
     resolve_timeout: float = _rule(gt=0, le=_DAY)
+    #: Ask both people to confirm the SAS before anything is stored.
+    verify: bool = _rule()
+    #: How long the people have to compare the SAS words and answer.
+    verify_timeout: float = _rule(gt=0, le=3600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,13 +25,13 @@ from typing import Any, ClassVar
 __all__ = [
     "ALPN_LINK",
     "ALPN_PAIR",
+    "FLAG_VERIFY_SAS",
     "MAC_SIZE",
     "MAX_ADDRESSES",
     "MAX_ADDRESS_LEN",
     "MAX_APP_PAYLOAD",
     "MAX_NAME_LEN",
     "MESSAGE_TYPES",
-    "FLAG_VERIFY_SAS",
     "NONCE_SIZE",
     "PAKE_MESSAGE_SIZE",
     "PROTOCOL_VERSION",
@@ -117,7 +117,7 @@ class PairChallenge:
     confirm: bytes = meta(size=MAC_SIZE)
     #: Bit 0 (FLAG_VERIFY_SAS): the initiator asks that both people confirm the SAS.
     #: Unknown bits are ignored.
-    flags: int
+    flags: int = meta()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +130,7 @@ class PairResponse:
     #: DeviceInfo sealed with the joiner's send key, sequence 0.
     sealed: bytes = meta(max=_MAX_SEALED)
     #: Bit 0 (FLAG_VERIFY_SAS): the joiner asks that both people confirm the SAS.
-    flags: int
+    flags: int = meta()
 
 
 @dataclass(frozen=True, slots=True)

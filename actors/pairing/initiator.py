@@ -11,9 +11,12 @@ about an earlier pairing; the registry answers it.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+from dataclasses import dataclass
 from typing import Any
 
-from quicpair.actors.pairing.device import Device
+from quicpair.actors.pairing.device import Device, SasCheck
 from quicpair.actors.pairing.session import PairingSessionBase, SessionCrash
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
@@ -33,15 +36,31 @@ from quicpair.protocol.pairing import (
     PeerVerified,
     ResolveAnswered,
     ResolveRequested,
+    SasCheckRequested,
 )
 
-__all__ = ["InitiatorSession"]
+__all__ = ["InitiatorSession", "attempts_summary"]
 
 _FINAL_CODE_ERRORS = {
-    CodeState.BURNED: ErrorCode.CODE_USED_UP,
-    CodeState.EXPIRED: ErrorCode.CODE_EXPIRED,
-    CodeState.CANCELLED: ErrorCode.CODE_USED_UP,
+    CodeState.BURNED: (ErrorCode.CODE_USED_UP, "the code was burned"),
+    CodeState.EXPIRED: (ErrorCode.CODE_EXPIRED, "the code expired"),
+    CodeState.CANCELLED: (ErrorCode.CODE_CANCELLED, "the code was cancelled"),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _SasAnswer:
+    """The person here answered the SAS check (from any thread)."""
+
+    confirmed: bool
+
+
+def attempts_summary(attempts: list[str]) -> str:
+    """``3 failed attempts (wrong code x2, timed out)``: each reason once, with its count."""
+    counts = collections.Counter(attempts)
+    reasons = ", ".join(f"{text} x{n}" if n > 1 else text for text, n in counts.items())
+    plural = "s" if len(attempts) != 1 else ""
+    return f"{len(attempts)} failed attempt{plural} ({reasons})"
 
 
 class InitiatorSession(PairingSessionBase):
@@ -55,10 +74,14 @@ class InitiatorSession(PairingSessionBase):
         self._peer = link.peer
         self._sas: tuple[str, ...] = ()
         self._inspect = FrameDecoder() if ctx.settings.testing.crash_session_after else None
+        #: This session's end, for whoever answered its SAS check.
+        self._outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def session_ended(self) -> None:
         # The listener counted this session when it spawned it.
         self.ctx.active_sessions -= 1
+        if not self._outcome.done():
+            self._outcome.set_exception(errors.PairingFailed(ErrorCode.GOING_AWAY, "the session ended"))
 
     def begin(self) -> None:
         ctx = self.ctx
@@ -70,6 +93,8 @@ class InitiatorSession(PairingSessionBase):
             now=ctx.clock(),
             rand=ctx.rand,
             step_timeout=ctx.settings.pairing.step_timeout,
+            verify=self._wants_verify,
+            verify_timeout=ctx.settings.pairing.verify_timeout,
         )
         self.attach(self._link_to_attach)
         self.pump()
@@ -79,10 +104,16 @@ class InitiatorSession(PairingSessionBase):
         if not link.is_closed:
             link.close(ErrorCode.INTERNAL_ERROR, "pairing session failed to start")
 
+    def _wants_verify(self, nameplate: int) -> bool:
+        offer = self.ctx.offers.get(nameplate)
+        return offer is not None and offer.verify
+
     # -- machine events --------------------------------------------------------
 
     def handle_event(self, event: Any) -> None:
-        if isinstance(event, PeerVerified):
+        if isinstance(event, SasCheckRequested):
+            self._ask_person(event)
+        elif isinstance(event, PeerVerified):
             self._sas = event.keys.sas
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
@@ -102,8 +133,9 @@ class InitiatorSession(PairingSessionBase):
                 peer_name=event.peer_info.name,
                 connections=self.connections,
                 streams=self._streams_seen,
-                send_key=event.keys.for_role(Role.INITIATOR).send_fingerprint,
-                receive_key=event.keys.for_role(Role.INITIATOR).receive_fingerprint,
+                sas=" ".join(event.keys.sas),
+                send_key_fp=event.keys.for_role(Role.INITIATOR).send_fingerprint,
+                receive_key_fp=event.keys.for_role(Role.INITIATOR).receive_fingerprint,
             )
             self.write("record", "get", self._peer)
         elif isinstance(event, PairingFailed):
@@ -117,22 +149,69 @@ class InitiatorSession(PairingSessionBase):
                 self._pending_record = (self._peer, event.pairing_id)
                 self.forget_pending()
 
+    def _ask_person(self, event: SasCheckRequested) -> None:
+        nameplate = self._nameplate()
+        offer = self.ctx.offers.get(nameplate) if nameplate is not None else None
+        ref = self.actor_ref
+        check = SasCheck(
+            session=self.session_id,
+            sas=event.sas,
+            peer=self._peer,
+            peer_name=event.peer_name,
+            answer=lambda yes: ref.tell(_SasAnswer(yes)),
+            outcome=self._outcome,
+        )
+        self.log.info("pairing.sas_check", sas=" ".join(event.sas), peer_name=event.peer_name)
+        if offer is None or offer.checks is None:
+            check.refuse()  # the code's offer is gone: nobody here can compare the words
+        else:
+            offer.checks.put(check)
+
+    def on_other(self, message: Any) -> Any:
+        if isinstance(message, _SasAnswer):
+            machine = self.machine
+            if isinstance(machine, Initiator) and not machine.is_finished:
+                self.log.info("pairing.sas_answered", confirmed=message.confirmed)
+                now = self.ctx.clock()
+                machine.sas_confirmed(now) if message.confirmed else machine.sas_refused(now)
+                self.pump()
+            return None
+        return super().on_other(message)
+
     def _on_failed(self, event: PairingFailed) -> None:
         if event.pending_must_be_deleted:
             self.forget_pending()
         self.ctx.counters.incr("pair.failed.initiator")
         self.log.warning("pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail)
+        if not self._outcome.done():
+            self._outcome.set_exception(errors.PairingFailed(event.code, remote=event.remote))
         nameplate = self._nameplate()
         offer = self.ctx.offers.get(nameplate) if nameplate is not None else None
         if offer is None or nameplate is None:
             return
         offer.attempts.append(errors.describe_code(event.code))
+        if event.code is ErrorCode.SAS_REFUSED:
+            # Words that differ mean someone else may know the code: nobody may use it now.
+            self.ctx.codebook.cancel(nameplate)
+            self.log.warning("pairing.code_closed", nameplate=nameplate, state="cancelled", reason="sas")
+            if not offer.result.done():
+                who = "on the other device" if event.remote else "here"
+                offer.result.set_exception(
+                    errors.PairingFailed(
+                        ErrorCode.SAS_REFUSED,
+                        f"the SAS words were refused {who}: someone may be in the middle; "
+                        "nothing was stored and the code is cancelled",
+                        remote=event.remote,
+                    )
+                )
+            del self.ctx.offers[nameplate]
+            return
         status = self.ctx.codebook.describe(nameplate, self.ctx.clock())
         if status is not None and status.state in _FINAL_CODE_ERRORS and not offer.result.done():
-            code = _FINAL_CODE_ERRORS[status.state]
+            code, what = _FINAL_CODE_ERRORS[status.state]
             self.log.warning("pairing.code_closed", nameplate=nameplate, state=status.state.value)
             offer.result.set_exception(
-                errors.PairingFailed(code, f"{errors.describe_code(code)} after: {', '.join(offer.attempts)}")
+                errors.PairingFailed(code, f"{what} after {attempts_summary(offer.attempts)}")
             )
             del self.ctx.offers[nameplate]
 
@@ -165,8 +244,12 @@ class InitiatorSession(PairingSessionBase):
             self._announce_paired(result)
             nameplate = self._nameplate()
             offer = self.ctx.offers.pop(nameplate, None) if nameplate is not None else None
-            if offer is not None and not offer.result.done() and isinstance(result, DeviceRecord):
-                offer.result.set_result(Device.from_record(result, self._sas))
+            if isinstance(result, DeviceRecord):
+                device = Device.from_record(result, self._sas)
+                if not self._outcome.done():
+                    self._outcome.set_result(device)
+                if offer is not None and not offer.result.done():
+                    offer.result.set_result(device)
         elif what == "resolve":
             record = result if isinstance(result, DeviceRecord) else None
             if record is None or record.node_id != self._peer:
@@ -182,6 +265,8 @@ class InitiatorSession(PairingSessionBase):
         # offer learns of the failure. Left alone, the code stayed HELD for
         # good: every later attempt got BUSY, and the offer never settled.
         machine = self.machine
+        if not self._outcome.done():
+            self._outcome.set_exception(errors.PairingFailed(ErrorCode.INTERNAL_ERROR, "the session crashed"))
         if machine is None or machine.is_finished:
             return
         machine.abort(ErrorCode.INTERNAL_ERROR, self.ctx.clock())

@@ -24,7 +24,7 @@ import pykka
 
 from quicpair.actors.context import NodeContext
 from quicpair.actors.kernel.loopactor import ActorTimer
-from quicpair.actors.pairing.device import Device
+from quicpair.actors.pairing.device import CheckChain, Device, Joining, SasCheck
 from quicpair.actors.pairing.session import PairingSessionBase
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.dial import dial
@@ -44,12 +44,20 @@ from quicpair.protocol.pairing import (
     PairingSucceeded,
     PeerVerified,
     Resolver,
+    SasCheckRequested,
 )
 
 __all__ = ["JoinerSession"]
 
 #: Between two PairResolve attempts while in doubt (the initiator may be restarting).
 RESOLVE_RETRY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _SasAnswer:
+    """The person here answered the SAS check (from any thread)."""
+
+    confirmed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +81,15 @@ class JoinerSession(PairingSessionBase):
         result: concurrent.futures.Future[Any],
         *,
         resume: DeviceRecord | None = None,
+        verify: bool = False,
+        joining: Joining | None = None,
+        checks: CheckChain | None = None,
     ) -> None:
-        """``resume``: a PENDING record left in doubt by an earlier run: only ask about it."""
+        """``resume``: a PENDING record left in doubt by an earlier run: only ask about it.
+
+        ``verify``: the person here asks to confirm the SAS; SAS checks go to ``checks``
+        and what the session is doing to ``joining.progress``.
+        """
         super().__init__(ctx, session_id)
         if (code is None) == (resume is None):
             raise ValueError("a joiner session needs a code, or a pending record to resume")
@@ -92,6 +107,9 @@ class JoinerSession(PairingSessionBase):
         self._sas: tuple[str, ...] = ()
         self._resume = resume
         self._voted = resume is not None
+        self._verify = verify
+        self._joining = joining
+        self._checks = checks
 
     # -- connecting --------------------------------------------------------------
 
@@ -116,6 +134,7 @@ class JoinerSession(PairingSessionBase):
             last: BaseException | None = None
             for host, port in addresses:
                 log.info("pairing.dial", address=format_address(host, port))
+                self._progress(f"dialing {format_address(host, port)}")
                 try:
                     link = await dial(
                         host,
@@ -145,7 +164,20 @@ class JoinerSession(PairingSessionBase):
         if isinstance(message, _Dialed):
             self._on_dialed(message)
             return None
+        if isinstance(message, _SasAnswer):
+            machine = self.machine
+            if isinstance(machine, Joiner) and not machine.is_finished:
+                self.log.info("pairing.sas_answered", confirmed=message.confirmed)
+                now = self.ctx.clock()
+                machine.sas_confirmed(now) if message.confirmed else machine.sas_refused(now)
+                self._progress("waiting for the other device to confirm the words")
+                self.pump()
+            return None
         return super().on_other(message)
+
+    def _progress(self, text: str) -> None:
+        if self._joining is not None:
+            self._joining.progress = text
 
     def _on_dialed(self, message: _Dialed) -> None:
         if message.link is None:
@@ -172,6 +204,8 @@ class JoinerSession(PairingSessionBase):
         )
         self.stream_id = link.open_stream()
         self._streams_seen += 1
+        doing = "asking about the outcome" if self._in_doubt is not None else "pairing"
+        self._progress(f"{doing} with {link.peer.fingerprint}")
         if self._in_doubt is None:
             self.ctx.counters.incr("pair.streams.joiner")
             assert self._code is not None
@@ -186,6 +220,8 @@ class JoinerSession(PairingSessionBase):
                     now=self.ctx.clock(),
                     rand=self.ctx.rand,
                     step_timeout=self.ctx.settings.pairing.step_timeout,
+                    verify=self._verify,
+                    verify_timeout=self.ctx.settings.pairing.verify_timeout,
                 )
             )
         else:
@@ -206,7 +242,24 @@ class JoinerSession(PairingSessionBase):
 
     def handle_event(self, event: Any) -> None:
         assert self._peer is not None
-        if isinstance(event, PeerVerified):
+        if isinstance(event, SasCheckRequested):
+            ref = self.actor_ref
+            check = SasCheck(
+                session=self.session_id,
+                sas=event.sas,
+                peer=self._peer,
+                peer_name="",
+                answer=lambda yes: ref.tell(_SasAnswer(yes)),
+                outcome=self.result,
+            )
+            self.log.info("pairing.sas_check", sas=" ".join(event.sas))
+            self._progress("waiting for the SAS words to be confirmed")
+            if self._checks is None:
+                check.refuse()
+            else:
+                self._checks.put(check)
+        elif isinstance(event, PeerVerified):
+            self._progress("storing the pairing")
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
             )
@@ -227,8 +280,9 @@ class JoinerSession(PairingSessionBase):
                 peer_name=event.peer_info.name,
                 connections=self.connections,
                 streams=self._streams_seen,
-                send_key=keys.send_fingerprint,
-                receive_key=keys.receive_fingerprint,
+                sas=" ".join(event.keys.sas),
+                send_key_fp=keys.send_fingerprint,
+                receive_key_fp=keys.receive_fingerprint,
             )
             self.write("record", "get", self._peer)
         elif isinstance(event, PairingFailed):
@@ -237,7 +291,13 @@ class JoinerSession(PairingSessionBase):
             self.ctx.counters.incr("pair.failed.joiner")
             self.log.warning("pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail)
             # The detail (with the machine's state) is in the log; people get the code's meaning.
-            self._settle_error(errors.PairingFailed(event.code, remote=event.remote))
+            message = None
+            if event.code is ErrorCode.SAS_REFUSED:
+                who = "on the other device" if event.remote else "here"
+                message = (
+                    f"the SAS words were refused {who}: someone may be in the middle; nothing was stored"
+                )
+            self._settle_error(errors.PairingFailed(event.code, message, remote=event.remote))
         elif isinstance(event, PairingInDoubt):
             self._on_in_doubt(event)
         elif isinstance(event, PairingResolved):

@@ -306,6 +306,7 @@ class PairingSessionBase(Supervised, LoopActor):
             updated_at=now,
             addresses=announced_addresses(info.addresses),
             observed_address=observed,
+            sas=keys.sas,
         )
         self._pending_record = (peer, keys.pairing_id)
         self.write("pending_stored", "add_pending", record)

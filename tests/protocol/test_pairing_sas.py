@@ -130,7 +130,7 @@ def test_nobody_answers_in_time(book: Codebook, code: PairingCode) -> None:
 
 
 def test_a_forged_confirmation_is_a_protocol_violation(book: Codebook, code: PairingCode) -> None:
-    alice, bob = to_sas_check(book, code, alice_asks=True, bob_asks=True)
+    alice, _bob = to_sas_check(book, code, alice_asks=True, bob_asks=True)
     alice.machine.receive_data(encode_frame(PairSasConfirmed(mac=bytes(32))), NOW)
     alice.pump(NOW)
     assert alice.failure().code is ErrorCode.PROTOCOL_VIOLATION

@@ -290,7 +290,8 @@ def test_the_frames_carry_the_derived_values() -> None:
     k, s = V["pairing"]["keys"], V["pairing"]["spake2"]
     ins = V["inputs"]
     assert sent["PairRequest"] == {"nameplate": ins["code"]["nameplate"], "pake": s["pake_joiner"]}
-    assert sent["PairChallenge"] == {"pake": s["pake_initiator"], "confirm": k["confirm_initiator"], "flags": 0}
+    challenge = {"pake": s["pake_initiator"], "confirm": k["confirm_initiator"], "flags": 0}
+    assert sent["PairChallenge"] == challenge
     assert sent["PairResponse"]["confirm"] == k["confirm_joiner"] and sent["PairResponse"]["flags"] == 0
     assert sent["PairDone"]["mac"] == k["done_mac"] and sent["PairCommit"]["mac"] == k["commit_mac"]
     resolve = next(e for e in V["resolve_committed"]["log"] if e.get("message") == "PairResolve")

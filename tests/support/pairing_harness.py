@@ -366,7 +366,9 @@ def resolving_initiator(book: Codebook) -> tuple[Side, Side]:
 INITIATOR_OPEN = [
     s for s in InitiatorState if s.name[:2] in {"S0", "S1", "S2", "S3", "S4"} and "_sas_" not in s.name
 ]
-JOINER_OPEN = [s for s in JoinerState if s.name[:2] in {"S0", "S1", "S2", "S3", "S4"} and "_sas_" not in s.name]
+JOINER_OPEN = [
+    s for s in JoinerState if s.name[:2] in {"S0", "S1", "S2", "S3", "S4"} and "_sas_" not in s.name
+]
 
 
 def assert_stays_failed(side: Side) -> None:
