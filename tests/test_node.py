@@ -86,7 +86,9 @@ def test_sas_verified_by_both_people_through_the_api(tmp_path: Path) -> None:
 
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             offered = pool.submit(alice_says_yes)
-            joined = bob.join(offer.uri, timeout=15, confirm=lambda check: bool(seen.setdefault("bob", check.sas)))
+            joined = bob.join(
+                offer.uri, timeout=15, confirm=lambda check: bool(seen.setdefault("bob", check.sas))
+            )
             device = offered.result(15)
         assert seen["alice"] == seen["bob"] == joined.sas == device.sas  # type: ignore[attr-defined]
         # The words are stored with the pairing, on both sides.

@@ -320,4 +320,9 @@ def _message(peer: NodeId, payload: bytes) -> dict[str, Any]:
         text: str | None = payload.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    return {"node_id": peer.text, "base64": base64.b64encode(payload).decode("ascii"), "text": text}
+    return {
+        "node_id": peer.text,
+        "fingerprint": peer.fingerprint,
+        "base64": base64.b64encode(payload).decode("ascii"),
+        "text": text,
+    }

@@ -154,7 +154,7 @@ def procs(tmp_path: Path) -> Iterator[Any]:
         def daemons(self, *specs: tuple[Any, ...]) -> list[tuple[Proc, dict[str, Any]]]:
             """Start ``quicpair run`` for each (name, home, *options) at once; wait until each is ready."""
             started = [
-                self.start(name, "--home", str(home), "run", "--json", *LOOPBACK, *extra)
+                self.start(name, "--home", str(home), "run", "--init", "--json", *LOOPBACK, *extra)
                 for name, home, *extra in specs
             ]
             ready = [(proc, proc.json_line()) for proc in started]
@@ -210,10 +210,15 @@ def test_init_refuses_a_home_other_users_can_enter(tmp_path: Path) -> None:
 # -- usage and format errors ------------------------------------------------------------------------
 
 
+def json_lines(text: str) -> list[Any]:
+    """``--json`` output: one JSON object per line."""
+    return [json.loads(line) for line in text.splitlines()]
+
+
 USAGE_ERRORS = [
     ([], "the following arguments are required: COMMAND"),
     (["fly"], "invalid choice: 'fly'"),
-    (["join"], "the following arguments are required: CODE_OR_URI"),
+    (["join"], "give CODE_OR_URI"),
     (["pair", "--timeout", "soon"], "'soon': expected seconds"),
     (["join", "1-a-b-c", "--timeout", "3600"], "at most 600"),
     (["run", "--set", "nonsense"], "expected SECTION.KEY=VALUE"),
@@ -225,13 +230,17 @@ USAGE_ERRORS = [
 ]
 
 
-def test_usage_errors_exit_2_with_argparse_message(tmp_path: Path) -> None:
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     results = quicpair_all([argv for argv, _ in USAGE_ERRORS], home=tmp_path / "home")
     for (argv, message), result in zip(USAGE_ERRORS, results, strict=True):
-        assert result.returncode == 2, (argv, result)
-        assert "usage: quicpair" in result.stderr and message in result.stderr, (argv, result.stderr)
-        assert "Traceback" not in result.stderr
+        assert_clean_error(result, 2, message)
+        assert len(result.stderr.splitlines()) == 1, (argv, result.stderr)
     assert not (tmp_path / "home").exists()
+    # Under --json the error is one JSON object too.
+    as_json = quicpair("--json", "devices", "--colour", home=tmp_path / "home")
+    assert as_json.returncode == 2 and len(as_json.stderr.splitlines()) == 1
+    error = json.loads(as_json.stderr)
+    assert error["exit_status"] == 2 and "unrecognized arguments: --colour" in error["error"]["message"]
 
 
 def test_a_mistyped_code_exits_3_naming_the_word(tmp_path: Path) -> None:
@@ -247,6 +256,9 @@ def test_commands_that_need_a_daemon_say_how_to_start_one(tmp_path: Path) -> Non
     results = quicpair_all([*commands, ["status"], ["stop"], *link_commands], home=home)
     for result in results:
         assert_clean_error(result, 7, "no quicpair daemon is running", "run")
+    as_json = json.loads(quicpair("status", "--json", home=home).stderr)
+    assert as_json["exit_status"] == 7 and as_json["error"]["type"] == "NoDaemon"
+    assert as_json["error"]["message"].startswith("no quicpair daemon is running")
     for result in results[: len(commands)]:
         assert "(or add --oneshot" in result.stderr
 
@@ -288,8 +300,8 @@ def test_two_daemons_pair_through_the_cli(tmp_path: Path, procs: Any) -> None:
     assert paired["event"] == "paired" and paired["device"]["node_id"] == bob["node_id"]
     assert pair.wait() == 0
 
-    a_devices = json.loads(quicpair("devices", "--json", home=alice_home).stdout)
-    b_devices = json.loads(quicpair("--json", "devices", home=bob_home).stdout)
+    a_devices = json_lines(quicpair("devices", "--json", home=alice_home).stdout)
+    b_devices = json_lines(quicpair("--json", "devices", home=bob_home).stdout)
     assert [(d["node_id"], d["state"], d["role"]) for d in a_devices] == [
         (bob["node_id"], "confirmed", "initiator")
     ]
@@ -301,14 +313,17 @@ def test_two_daemons_pair_through_the_cli(tmp_path: Path, procs: Any) -> None:
         a_dev["send_key_fingerprint"] == b_dev["receive_key_fingerprint"] != a_dev["receive_key_fingerprint"]
     )
     assert b_dev["send_key_fingerprint"] == a_dev["receive_key_fingerprint"]
+    # The SAS words: printed by join, stored on both sides, shown by devices.
+    assert len(a_dev["sas"]) == 4 and a_dev["sas"] == b_dev["sas"] == paired["device"]["sas"]
+    assert f"SAS          {' '.join(a_dev['sas'])}" in joined.stdout
     assert set(bob["addresses"]) <= set(a_dev["addresses"]) and set(alice["addresses"]) <= set(
         b_dev["addresses"]
     )
     table = quicpair("devices", home=alice_home).stdout
-    assert table.splitlines()[0].split() == ["FINGERPRINT", "NAME", "STATE", "ROLE", "ADDRESSES"]
-    assert bob["fingerprint"] in table and "confirmed" in table
+    assert table.splitlines()[0].split() == ["FINGERPRINT", "NAME", "STATE", "PAIRED", "AS", "SAS", "ADDRESSES"]
+    assert bob["fingerprint"] in table and "confirmed" in table and " ".join(a_dev["sas"]) in table
 
-    counters = json.loads(quicpair("status", "--json", home=bob_home).stdout)["counters"]
+    counters = json_lines(quicpair("status", "--json", home=bob_home).stdout)[0]["counters"]
     assert (
         counters["pair.connections.joiner"] == 2 and counters["pair.completed.joiner"] == 1
     )  # wrong + right
@@ -350,9 +365,9 @@ def test_pair_cancels_its_code_when_interrupted_or_timed_out(tmp_path: Path, pro
     pair = procs.start("pair", "--home", str(home), "pair", "--json")
     offer = pair.json_line()
     pair.popen.send_signal(signal.SIGINT)
-    assert pair.wait() == 130 and "quicpair: interrupted" in pair.stderr()
+    assert pair.wait() == 130 and json.loads(pair.stderr())["exit_status"] == 130
     assert _wait_offer(home, offer["nameplate"])["error"]["message"].endswith(
-        "the code was cancelled [CODE_USED_UP]"
+        "the code was cancelled [CODE_CANCELLED]"
     )
 
     # Killed outright, it cannot cancel: the daemon does, when the connection that opened the code ends.
@@ -360,13 +375,13 @@ def test_pair_cancels_its_code_when_interrupted_or_timed_out(tmp_path: Path, pro
     orphan = killed.json_line()
     killed.popen.kill()
     assert _wait_offer(home, orphan["nameplate"])["error"]["message"].endswith(
-        "the code was cancelled [CODE_USED_UP]"
+        "the code was cancelled [CODE_CANCELLED]"
     )
 
     timed_out = quicpair("pair", "--timeout", "0.3", home=home)
     assert_clean_error(timed_out, 4, "nobody paired within 0.3 s [TIMEOUT]")
     nameplate = int(timed_out.stdout.split()[1].split("-")[0])  # "Code  NNNN-word-word-word ..."
-    assert _wait_offer(home, nameplate)["error"]["code"] == "CODE_USED_UP"
+    assert _wait_offer(home, nameplate)["error"]["code"] == "CODE_CANCELLED"
 
 
 def test_a_killed_daemon_leaves_a_stale_socket_that_the_next_run_replaces(tmp_path: Path, procs: Any) -> None:
@@ -430,7 +445,7 @@ def test_the_daemon_answers_bad_requests_precisely_and_goes_on(tmp_path: Path, p
         )
         assert cancelled["result"] == {"cancelled": True}
         ended = json.loads(w.readline())
-        assert ended["id"] == 2 and ended["error"]["code"] == "CODE_USED_UP"
+        assert ended["id"] == 2 and ended["error"]["code"] == "CODE_CANCELLED"
         w.close()
         o.close()
     assert quicpair("status", home=home).returncode == 0
@@ -445,7 +460,7 @@ def test_oneshot_pairs_without_daemons(tmp_path: Path, procs: Any) -> None:
     assert pair.json_line()["event"] == "paired" and pair.wait() == 0
     devices = quicpair("devices", "--oneshot", "--json", home=alice_home)
     assert devices.returncode == 0, devices.stderr
-    assert [d["state"] for d in json.loads(devices.stdout)] == ["confirmed"]
+    assert [d["state"] for d in json_lines(devices.stdout)] == ["confirmed"]
 
 
 # -- paired links ------------------------------------------------------------------------------
@@ -476,7 +491,7 @@ def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: P
 
     def links_up() -> list[list[dict[str, Any]]] | None:
         results = quicpair_all([["--home", str(home), "links", "--json"] for home in homes.values()])
-        tables = [json.loads(result.stdout) for result in results]
+        tables = [json_lines(result.stdout) for result in results]
         return tables if all(t and t[0]["state"] == "up" for t in tables) else None
 
     a_links, b_links = wait_until("the link up on both sides", links_up)
@@ -519,7 +534,7 @@ def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: P
     ]
     assert got[0]["base64"] == "aGVsbG8gYm9i" and got[0]["node_id"] == info["alice"]["node_id"]
     follow.popen.send_signal(signal.SIGINT)
-    assert follow.wait() == 130 and "quicpair: interrupted" in follow.stderr()
+    assert follow.wait() == 130 and json.loads(follow.stderr())["error"]["message"] == "interrupted"
     assert "Traceback" not in follow.stderr()
 
     lines: list[str] = []
@@ -550,7 +565,7 @@ def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: P
 
     def both_forgot() -> bool:
         results = quicpair_all([["--home", str(home), "devices", "--json"] for home in homes.values()])
-        return all(json.loads(result.stdout) == [] for result in results)
+        return all(json_lines(result.stdout) == [] for result in results)
 
     wait_until("both sides forget the pairing", both_forgot)
     after = quicpair_all(
