@@ -34,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import ipaddress
 import os
+import socket
 import stat
 import time
 from collections.abc import Callable
@@ -113,6 +115,9 @@ class Node:
         if self._root is not None:
             raise RuntimeError("the node is already started")
         prepare_home(self.home)
+        # A taken port is the commonest reason a node cannot start: say so before anything
+        # else runs (and logs). The listener's own bind still reports a race the same way.
+        _check_port(self.settings.node.listen_host, self.settings.node.listen_port)
         identity = Identity.load_or_create(self.home / IDENTITY_FILE)
         # Open and check the registry once up front, so a corrupt or newer
         # file is a clear error from start(), not a restart loop; and recover
@@ -590,6 +595,23 @@ def _mdns_expected(settings: Settings) -> bool:
     """True when this node runs mDNS (actors/discovery/actor.py decides the same way)."""
     host = settings.node.listen_host
     return settings.discovery.mdns and not ipaddress.ip_address(host).is_loopback
+
+
+def _check_port(host: str, port: int) -> None:
+    """AddressInUse if the UDP ``host:port`` is taken (port 0 is always free)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise errors.AddressInUse(
+                    f"UDP port {port} on {host} is already in use by another program; stop it, or "
+                    "listen elsewhere (--listen HOST:PORT, or [node] listen_port)"
+                ) from exc
+            # Anything else (an address not on this host...) the listener reports precisely.
 
 
 def _recover_pairings(store: RegistryStore) -> list[DeviceRecord]:

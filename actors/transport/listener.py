@@ -36,6 +36,7 @@ Initial packets:
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from collections import Counter
@@ -62,7 +63,7 @@ from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.actors.transport.tls import PinnedQuicConnection, quic_configuration
 from quicpair.actors.transport.udp import UdpSocket, check_timers, sockaddr
-from quicpair.protocol.errors import ConfigError, ErrorCode, QuicpairError
+from quicpair.protocol.errors import AddressInUse, ConfigError, ErrorCode, QuicpairError
 from quicpair.protocol.identity import Identity, NodeId
 
 __all__ = ["MAX_HANDSHAKES_PER_SOURCE", "Admit", "Listener", "listen"]
@@ -366,6 +367,11 @@ async def listen(
     try:
         _, socket = await loop.create_datagram_endpoint(UdpSocket, local_addr=(host, port))
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(
+                f"UDP port {port} on {host} is already in use by another program; stop it, or "
+                "listen elsewhere (--listen HOST:PORT, or [node] listen_port)"
+            ) from exc
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     config = quic_configuration(
         identity, is_client=False, alpns=alpns, idle_timeout=idle_timeout, now=time.time()

@@ -7,6 +7,7 @@ a test starts is stopped at teardown (SIGTERM, then SIGKILL), pass or fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -83,13 +84,14 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], status: int, *f
 class Proc:
     """A long-running CLI process (``run``, ``pair``): stdout read line by line, with bounds."""
 
-    def __init__(self, name: str, argv: list[str], stderr_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], stderr_path: Path, *, stdin: bool = False) -> None:
         self.name = name
         self.stderr_path = stderr_path
         with open(stderr_path, "w", encoding="utf-8") as err:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "quicpair.tools.cli", *argv],
-                cwd=REPO, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+                cwd=REPO, env=ENV, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err, text=True,
             )  # fmt: skip
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name=f"test-{name}-stdout")
@@ -111,6 +113,12 @@ class Proc:
                 f"{self.name}: exited ({self.popen.poll()}) before the line; stderr:\n{self.stderr()}"
             )
         return line
+
+    def answer(self, text: str) -> None:
+        """Type a line on the command's stdin (started with ``stdin=True``)."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(text + "\n")
+        self.popen.stdin.flush()
 
     def json_line(self, timeout: float = COMMAND_TIMEOUT) -> dict[str, Any]:
         parsed: dict[str, Any] = json.loads(self.line(timeout))
@@ -143,8 +151,8 @@ def procs(tmp_path: Path) -> Iterator[Any]:
     started: list[Proc] = []
 
     class Starter:
-        def start(self, name: str, *argv: str) -> Proc:
-            proc = Proc(name, list(argv), tmp_path / f"{name}.stderr")
+        def start(self, name: str, *argv: str, stdin: bool = False) -> Proc:
+            proc = Proc(name, list(argv), tmp_path / f"{name}.stderr", stdin=stdin)
             started.append(proc)
             return proc
 
@@ -320,7 +328,8 @@ def test_two_daemons_pair_through_the_cli(tmp_path: Path, procs: Any) -> None:
         b_dev["addresses"]
     )
     table = quicpair("devices", home=alice_home).stdout
-    assert table.splitlines()[0].split() == ["FINGERPRINT", "NAME", "STATE", "PAIRED", "AS", "SAS", "ADDRESSES"]
+    header = ["FINGERPRINT", "NAME", "STATE", "PAIRED", "AS", "SAS", "ADDRESSES"]
+    assert table.splitlines()[0].split() == header
     assert bob["fingerprint"] in table and "confirmed" in table and " ".join(a_dev["sas"]) in table
 
     counters = json_lines(quicpair("status", "--json", home=bob_home).stdout)[0]["counters"]
@@ -334,6 +343,42 @@ def test_two_daemons_pair_through_the_cli(tmp_path: Path, procs: Any) -> None:
         assert run.json_line() == {"event": "stopped"}
         assert run.wait() == 0
         assert not (home / "control.sock").exists()
+
+
+@pytest.mark.parametrize("bob_says", ["y", "n"])
+def test_verify_shows_the_sas_on_both_sides_and_pairs_only_when_both_confirm(
+    tmp_path: Path, procs: Any, bob_says: str
+) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    procs.daemons(*((f"{name}-run", home, "--set", f'node.name="{name}"') for name, home in homes.items()))
+    pair = procs.start("alice-pair", "--home", str(homes["alice"]), "pair", "--verify", "--json", stdin=True)
+    offer = pair.json_line()
+    join = procs.start("bob-join", "--home", str(homes["bob"]), "join", offer["uri"], "--json", stdin=True)
+    a_check, b_check = pair.json_line(), join.json_line()
+    assert a_check["event"] == b_check["event"] == "sas_check"
+    assert len(a_check["sas"]) == 4 and a_check["sas"] == b_check["sas"]
+    assert a_check["name"] == "bob"
+    # Nothing is stored while the people compare the words.
+    for home in homes.values():
+        assert quicpair("devices", "--pending", "--json", home=home).stdout == ""
+    pair.answer("y")
+    join.answer(bob_says)
+    if bob_says == "y":
+        assert pair.json_line()["event"] == join.json_line()["event"] == "paired"
+        assert pair.wait() == join.wait() == 0
+        for home in homes.values():
+            (device,) = json_lines(quicpair("devices", "--json", home=home).stdout)
+            assert device["sas"] == a_check["sas"] and device["state"] == "confirmed"
+        return
+    assert pair.wait() == join.wait() == 4
+    for proc in (pair, join):
+        error = json.loads(proc.stderr().splitlines()[-1])["error"]
+        assert error["code"] == "SAS_REFUSED" and "nothing was stored" in error["message"]
+    for home in homes.values():
+        assert quicpair("devices", "--pending", "--json", home=home).stdout == ""
+    # The code may be known to someone in the middle: it is closed.
+    again = quicpair("join", offer["uri"], home=homes["bob"])
+    assert_clean_error(again, 4, "cancelled", "[CODE_CANCELLED]")
 
 
 def test_a_second_run_on_the_same_home_refuses(tmp_path: Path, procs: Any) -> None:
@@ -683,3 +728,136 @@ def test_the_demo_runs_end_to_end(dialer: str) -> None:
         assert line in out, out
     last = out.rstrip().splitlines()[-1]
     assert last.startswith("All ") and " checks passed in " in last, out
+
+
+# -- errors that say what happened -------------------------------------------------------------
+
+
+def test_what_a_joiner_is_told_names_what_happened(tmp_path: Path, procs: Any) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    _, (_, bob) = procs.daemons(
+        ("alice-run", homes["alice"], "--set", "pairing.code_expiry=1"), ("bob-run", homes["bob"])
+    )
+    own = quicpair("join", "1-abandon-ability-able", "--address", bob["addresses"][0], home=homes["bob"])
+    assert_clean_error(own, 2, "this device's own address")
+    bare = quicpair("join", "1-abandon-ability-able", home=homes["bob"])
+    assert_clean_error(bare, 2, "mDNS) is off", "--address HOST:PORT")
+    typo = quicpair("join", "1-wya-abandon-able", home=homes["bob"])
+    assert_clean_error(typo, 3, "'wya'", "did you mean 'way'")
+
+    pair = procs.start("pair", "--home", str(homes["alice"]), "pair", "--json")
+    offer = pair.json_line()
+    assert pair.wait() == 4
+    assert json.loads(pair.stderr())["error"]["code"] == "CODE_EXPIRED"
+    expired = quicpair("join", offer["uri"], home=homes["bob"])
+    assert_clean_error(expired, 4, "expired", "[CODE_EXPIRED]")
+    own_code = quicpair("join", offer["uri"], home=homes["alice"])
+    assert_clean_error(own_code, 2, "opened by this device itself")
+
+
+def test_a_burned_code_says_why_once_with_a_count(tmp_path: Path, procs: Any) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    (_, alice), _ = procs.daemons(("alice-run", homes["alice"]), ("bob-run", homes["bob"]))
+    pair = procs.start("pair", "--home", str(homes["alice"]), "pair")
+    nameplate = pair.line().split()[1].split("-")[0]  # "Code  NNNN-word-word-word ..."
+    wrong = [f"{nameplate}-zoo-zoo-{word}" for word in ("zero", "zone", "zebra")]
+    for code in wrong:
+        failed = quicpair("join", code, "--address", alice["addresses"][0], home=homes["bob"])
+        assert_clean_error(failed, 4, "[WRONG_CODE]")
+    assert pair.wait() == 4
+    error = pair.stderr().strip().splitlines()[-1]
+    assert error == (
+        "quicpair: error: pairing failed: the code was burned after 3 failed attempts "
+        "(wrong code (or someone in the middle) x3) [CODE_USED_UP]"
+    )
+
+
+def test_run_refuses_a_missing_home_a_taken_port_and_conflicting_options(
+    tmp_path: Path, procs: Any
+) -> None:
+    missing = quicpair("run", *LOOPBACK, home=tmp_path / "typo")
+    assert_clean_error(missing, 6, "does not exist", "init", "--init")
+    assert not (tmp_path / "typo").exists()
+    clash = quicpair("run", "--init", *LOOPBACK, "--set", "node.listen_port=5", home=tmp_path / "a")
+    assert_clean_error(clash, 2, "--listen and --set node.listen_port")
+
+    run = procs.start("alice-run", "--home", str(tmp_path / "alice"), "run", "--init", *LOOPBACK)
+    ready = run.line()
+    assert ready.startswith("quicpair: node ") and " listening on 127.0.0.1:" in ready
+    port = int(ready.split(" listening on 127.0.0.1:")[1].split(",")[0])
+    assert run.line().rstrip().endswith(f"stop with Ctrl-C or: quicpair --home {tmp_path / 'alice'} stop")
+    taken = quicpair(
+        "run", "--init", "--listen", f"127.0.0.1:{port}", "--set", "discovery.mdns=false", home=tmp_path / "b"
+    )
+    assert_clean_error(taken, 10, f"UDP port {port} on 127.0.0.1 is already in use")
+    assert taken.stderr.count("\n") == 1  # before any log line
+    assert quicpair("--home", str(tmp_path / "alice"), "stop").returncode == 0
+
+
+def test_receive_that_got_nothing_says_so_and_addresses_are_added_by_hand(
+    tmp_path: Path, procs: Any
+) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    _, (_, bob) = procs.daemons(("alice-run", homes["alice"]), ("bob-run", homes["bob"]))
+    nothing = quicpair("receive", "--timeout", "0.2", home=homes["alice"])
+    assert nothing.returncode == 11 and nothing.stdout == ""
+    assert nothing.stderr == "quicpair: no message within 0.2 s\n"
+    assert quicpair("receive", "--json", home=homes["alice"]).returncode == 11
+
+    pair = procs.start("pair", "--home", str(homes["alice"]), "pair", "--json")
+    assert quicpair("join", pair.json_line()["uri"], home=homes["bob"]).returncode == 0
+    assert pair.wait() == 0
+    added = quicpair("address", bob["fingerprint"], "add", "192.0.2.77:4747", home=homes["alice"])
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith(f"Added 192.0.2.77:4747 to {bob['name']} ({bob['fingerprint']})")
+    (device,) = json_lines(quicpair("devices", "--json", home=homes["alice"]).stdout)
+    assert "192.0.2.77:4747" in device["addresses"]
+    removed = quicpair(
+        "address", bob["fingerprint"], "remove", "192.0.2.77:4747", "--json", home=homes["alice"]
+    )
+    assert json.loads(removed.stdout)["action"] == "remove"
+    assert_clean_error(
+        quicpair("address", bob["fingerprint"], "remove", "192.0.2.77:4747", home=homes["alice"]),
+        2,
+        "is not a stored address",
+    )
+    assert_clean_error(quicpair("address", "carol", "add", "192.0.2.1:1", home=homes["alice"]), 9, "carol")
+    assert_clean_error(quicpair("address", bob["fingerprint"], "add", "nowhere", home=homes["alice"]), 2)
+
+
+def test_nodehost_never_outlives_its_parent(tmp_path: Path) -> None:
+    """A parent that dies before "ready" (killed outright) takes its node host with it."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-m', 'quicpair.tools.nodehost',"
+            " '--home', sys.argv[1],"
+            " '--listen', '127.0.0.1:0', '--set', 'discovery.mdns=false'],"
+            " stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n",
+            str(tmp_path / "node"),
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{child}/stat") as stat_file:
+            if stat_file.read().split()[2] == "Z":  # exited, waiting for init to reap it
+                return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the node host outlived its parent by 20 s")
