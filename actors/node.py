@@ -633,12 +633,19 @@ def _recover_pairings(store: RegistryStore) -> list[DeviceRecord]:
 
 
 def prepare_home(home: Path) -> None:
-    """Create the home (0700) if needed; refuse one that other users can enter."""
+    """Create the home (0700) if needed; refuse one that other users can enter or own."""
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        mode = stat.S_IMODE(os.stat(home).st_mode)
+        st = os.stat(home)
+        mode = stat.S_IMODE(st.st_mode)
     except OSError as exc:
         raise IdentityError(f"cannot use {home} as the node's home: {exc.strerror}") from exc
+    if st.st_uid != os.geteuid():
+        # Whoever owns the home can swap its files (symlinks to ours, keys of theirs).
+        raise IdentityError(
+            f"the node's home {home} belongs to user id {st.st_uid}, not to you ({os.geteuid()}); "
+            "use a home of your own"
+        )
     if mode & 0o077:
         raise IdentityError(
             f"the node's home {home} is accessible by other users (mode {mode:o}); run: chmod 700 {home}"

@@ -160,6 +160,9 @@ def _settings(args: argparse.Namespace, **overrides: dict[str, Any]) -> Any:
     from quicpair.config.settings import load_settings
 
     path = args.config
+    if path is None and (args.home / CONFIG_FILE).is_symlink():
+        # Files in the home are never followed (a link could expose another file in errors).
+        raise IdentityError(f"{args.home / CONFIG_FILE} is a symbolic link; not following it")
     if path is None and (args.home / CONFIG_FILE).is_file():
         path = args.home / CONFIG_FILE
     layered: dict[str, dict[str, Any]] = {}

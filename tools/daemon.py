@@ -126,8 +126,11 @@ def claim_home(home: Path) -> Iterator[None]:
         )
     lock_path = home / LOCK_FILE
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        # O_NOFOLLOW: a lock "file" that is a symlink must not make us truncate its target.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IdentityError(f"{lock_path} is a symbolic link; refusing to follow it") from exc
         raise IdentityError(f"cannot create {lock_path}: {exc.strerror}") from exc
     try:
         try:

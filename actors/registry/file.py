@@ -186,7 +186,9 @@ def open_registry(path: Path, migrations: Sequence[Sequence[str]] = MIGRATIONS) 
     _check_file(path)
     try:
         conn = sqlite3.connect(
-            path.resolve().as_uri() + "?mode=rw",  # never let SQLite create it
+            # Never let SQLite create it. Python's sqlite3 cannot pass SQLITE_OPEN_NOFOLLOW:
+            # _check_file refused symlinks just before, and the home belongs to us alone.
+            path.absolute().as_uri() + "?mode=rw",
             uri=True,
             isolation_level=None,  # autocommit; transactions are explicit (BEGIN/COMMIT)
         )
@@ -206,7 +208,7 @@ def open_registry(path: Path, migrations: Sequence[Sequence[str]] = MIGRATIONS) 
 def _create_if_missing(path: Path) -> None:
     """Create an empty file, owner-only, before SQLite sees the path."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         return
     except OSError as exc:
@@ -224,7 +226,13 @@ def _create_if_missing(path: Path) -> None:
 def _check_file(path: Path) -> None:
     """Refuse, before SQLite opens it, a file that is unsafe or not SQLite."""
     try:
-        st = os.stat(path)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            # SQLite opens these next to the file; none may lead outside the home.
+            if os.path.islink(f"{path}{suffix}"):
+                raise RegistryError(
+                    f"registry {path}{suffix} is a symbolic link; refusing to follow it ({_UNTOUCHED})"
+                )
+        st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             raise RegistryError(f"registry {path} is not a regular file")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -232,8 +240,11 @@ def _check_file(path: Path) -> None:
                 f"registry {path} is accessible by other users "
                 f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
             )
-        with open(path, "rb") as f:
-            header = f.read(_HEADER_SIZE)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            header = os.pread(fd, _HEADER_SIZE, 0)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise RegistryError(f"cannot read registry {path}: {exc.strerror}") from exc
     # An empty file is one we created and never got to initialise: a new registry.

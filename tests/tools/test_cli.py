@@ -861,3 +861,37 @@ def test_nodehost_never_outlives_its_parent(tmp_path: Path) -> None:
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the node host outlived its parent by 20 s")
+
+
+# -- hardening ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["daemon.lock", "identity.pem", "registry.sqlite3", "registry.sqlite3-wal", "config.toml"]
+)
+def test_a_symlink_in_the_home_is_never_followed(tmp_path: Path, name: str) -> None:
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    outside.mkdir()
+    assert quicpair("init", home=home).returncode == 0
+    if name.startswith("registry"):
+        assert quicpair("devices", "--oneshot", home=home).returncode == 0  # creates the registry
+    victim = outside / "precious"
+    victim.write_bytes(b"precious data, not quicpair's\n")
+    os.utime(victim, (1_000_000_000, 1_000_000_000))
+    target = home / name
+    if target.exists():
+        target.unlink()
+    target.symlink_to(victim)
+    result = quicpair("run", *LOOPBACK, home=home)
+    assert_clean_error(result, 6, name, "symbolic link")
+    assert victim.read_bytes() == b"precious data, not quicpair's\n"
+    assert victim.stat().st_mtime == 1_000_000_000 and sorted(os.listdir(outside)) == ["precious"]
+    assert not (home / "control.sock").exists()
+
+
+def test_a_home_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "theirs"
+    assert quicpair("init", home=home).returncode == 0
+    os.chown(home, 54321, 54321)
+    assert_clean_error(quicpair("run", *LOOPBACK, home=home), 6, "belongs to user id 54321", "not to you")
+    assert_clean_error(quicpair("devices", "--oneshot", home=home), 6, "belongs to user id 54321")
