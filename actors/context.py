@@ -26,6 +26,7 @@ from pykka import ActorRef
 from quicpair.actors.kernel.counters import Counters
 from quicpair.actors.kernel.loop import EventLoopThread
 from quicpair.config.settings import Settings
+from quicpair.protocol.claims import ClaimLimiter
 from quicpair.protocol.codebook import Codebook
 from quicpair.protocol.codes import format_address
 from quicpair.protocol.identity import Identity
@@ -68,6 +69,9 @@ class NodeContext:
     #: Open codes (loop-confined). Lives here, not in the listener, so a
     #: listener restart does not forget the codes people are typing.
     codebook: Codebook = field(default_factory=Codebook)
+    #: Failed pairing claims per source address (loop-confined): a prober is refused
+    #: (BUSY) before it can cost a code an attempt (protocol/claims.py).
+    claims: ClaimLimiter = field(default_factory=ClaimLimiter)
     #: nameplate -> Offer (loop-confined).
     offers: dict[int, Offer] = field(default_factory=dict)
     #: Pairing sessions alive now (loop-confined), for load shedding.

@@ -21,6 +21,7 @@ from quicpair.actors.pairing.session import PairingSessionBase, SessionCrash
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
+from quicpair.protocol.claims import LimitedClaims
 from quicpair.protocol.codebook import CodeState
 from quicpair.protocol.codes import format_address
 from quicpair.protocol.errors import ErrorCode
@@ -88,7 +89,7 @@ class InitiatorSession(PairingSessionBase):
         self.machine = Initiator(
             local=ctx.identity.node_id,
             peer=self._peer,
-            codebook=ctx.codebook,
+            codebook=LimitedClaims(ctx.codebook, ctx.claims, self._link_to_attach.remote_address[0], ctx.clock()),
             device_info=DeviceInfo(name=ctx.settings.node.name, addresses=ctx.direct_addresses()),
             now=ctx.clock(),
             rand=ctx.rand,

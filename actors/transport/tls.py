@@ -35,6 +35,17 @@ fails loudly, naming the hook, if any of them changes:
     ``ConnectionTerminated`` after the 3-PTO draining period (RFC 9000 10.2)
     and does not say who closed.
 
+``QuicConnection._local_max_streams_bidi`` / ``_local_max_streams_uni``  (replaced)
+    The streams the peer may open, sent in the transport parameters and raised
+    by aioquic as streams close. Both ALPNs use exactly one bidirectional
+    stream opened by the client (PROTOCOL.md 3.1), so a server lets its peer
+    open 1 bidirectional and 0 unidirectional streams, a client 0 and 0, and
+    the limits never grow (:class:`_FixedLimit`): a second stream is a QUIC
+    STREAM_LIMIT_ERROR, not a stream the node has to refuse.
+``tls.Context._signature_algorithms``  (set to Ed25519 only)
+    What the ClientHello and the CertificateRequest offer, and what a
+    CertificateVerify may use: only what a node certificate can carry.
+
 Also relied on (behaviour, pinned by the same tests): an idle timeout ends a
 connection with ``ConnectionTerminated(reason_phrase="Idle timeout")``.
 
@@ -54,7 +65,7 @@ from typing import NoReturn
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicReceiveContext
+from aioquic.quic.connection import Limit, QuicConnection, QuicReceiveContext
 from aioquic.quic.events import HandshakeCompleted
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from cryptography import x509
@@ -64,6 +75,8 @@ from quicpair.protocol.identity import Identity, NodeId, node_id_from_certificat
 
 __all__ = [
     "IDLE_TIMEOUT_REASON",
+    "PEER_STREAMS_TO_CLIENT",
+    "PEER_STREAMS_TO_SERVER",
     "PeerClose",
     "PinnedQuicConnection",
     "check_handshake",
@@ -86,6 +99,8 @@ _IDENTITY_ALERTS = frozenset(
         tls.AlertDescription.unknown_ca,
         tls.AlertDescription.access_denied,
         tls.AlertDescription.certificate_required,
+        # Only Ed25519 is offered (_initialize): a peer whose key is not Ed25519 cannot sign.
+        tls.AlertDescription.handshake_failure,
     }
 )
 # The protocol version lives in the ALPN: no common ALPN means no common version.
@@ -133,6 +148,27 @@ def quic_configuration(
     )
 
 
+#: Streams the peer may open: (bidirectional, unidirectional), by our side's role.
+PEER_STREAMS_TO_SERVER = (1, 0)
+PEER_STREAMS_TO_CLIENT = (0, 0)
+
+
+class _FixedLimit(Limit):
+    """A stream limit that stays where it was set (aioquic raises it as streams close)."""
+
+    def __init__(self, old: Limit, value: int) -> None:
+        self._cap = value
+        super().__init__(frame_type=old.frame_type, name=old.name, value=value)
+
+    @property  # type: ignore[override]
+    def value(self) -> int:
+        return self._cap
+
+    @value.setter
+    def value(self, _new: int) -> None:
+        pass  # never raised: one stream per connection, for the connection's life
+
+
 class PinnedQuicConnection(QuicConnection):
     """A QuicConnection whose peer must present an Ed25519 node certificate.
 
@@ -157,6 +193,9 @@ class PinnedQuicConnection(QuicConnection):
             retry_source_connection_id=retry_source_connection_id,
         )
         self.expect = expect
+        bidi, uni = PEER_STREAMS_TO_CLIENT if configuration.is_client else PEER_STREAMS_TO_SERVER
+        self._local_max_streams_bidi = _FixedLimit(self._local_max_streams_bidi, bidi)
+        self._local_max_streams_uni = _FixedLimit(self._local_max_streams_uni, uni)
         #: The NodeId our hook verified during the handshake (None until then).
         self.verified_peer: NodeId | None = None
         #: Why our hook refused the peer's certificate (None if it did not).
@@ -185,6 +224,8 @@ class PinnedQuicConnection(QuicConnection):
         context.new_session_ticket_cb = None
         if not self.configuration.is_client:
             context._request_client_certificate = True
+        # Offer and accept only the signature a node certificate can make (RFC 8446 4.2.3).
+        context._signature_algorithms = [tls.SignatureAlgorithm.ED25519]
         original = context._check_certificate_verify_signature
 
         def check_then_vet(verify: tls.CertificateVerify) -> None:
