@@ -66,6 +66,9 @@ class NodeContext:
     rand: Callable[[int], bytes] = os.urandom
     #: The node's logger, bound to ``node=<fingerprint>``; actors bind more.
     log: Any = None
+    #: For events a stranger can cause (bad pairing attempts, shed connections): rate
+    #: limited and summarised (actors/kernel/logs.py RateLimitedLog).
+    unauth_log: Any = None
     #: Open codes (loop-confined). Lives here, not in the listener, so a
     #: listener restart does not forget the codes people are typing.
     codebook: Codebook = field(default_factory=Codebook)

@@ -51,7 +51,7 @@ from quicpair.actors.context import NodeContext
 from quicpair.actors.discovery.actor import RESOLVE_NAMEPLATE_TIMEOUT, DiscoveryActor
 from quicpair.actors.kernel.counters import Counters
 from quicpair.actors.kernel.exits import Supervised
-from quicpair.actors.kernel.logs import get_logger
+from quicpair.actors.kernel.logs import RateLimitedLog, get_logger, set_level
 from quicpair.actors.kernel.loop import EventLoopThread
 from quicpair.actors.kernel.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from quicpair.actors.links.inbox import Inbox, ReceivedMessage
@@ -115,6 +115,7 @@ class Node:
         if self._root is not None:
             raise RuntimeError("the node is already started")
         prepare_home(self.home)
+        set_level(self.settings.log.level)
         # A taken port is the commonest reason a node cannot start: say so before anything
         # else runs (and logs). The listener's own bind still reports a race the same way.
         _check_port(self.settings.node.listen_host, self.settings.node.listen_port)
@@ -134,6 +135,7 @@ class Node:
             log=get_logger(node=identity.node_id.fingerprint),
         )
         ctx.inbox = Inbox(f"quicpair-{identity.node_id.fingerprint}", ctx.counters, ctx.log)
+        ctx.unauth_log = RateLimitedLog(ctx.log)
         self._ctx, self._loop = ctx, loop
         try:
             self._root = Supervisor.start(
@@ -165,7 +167,16 @@ class Node:
         except BaseException:
             self._shutdown()
             raise
-        ctx.log.info("node.started", node_id=identity.node_id.text, address=self.address, home=str(self.home))
+        paired = [f"{d.name} ({d.node_id.fingerprint})" for d in self.devices()]
+        host, port = self.address
+        ctx.log.info(
+            "node.started",
+            node_id=identity.node_id.text,
+            listening=format_address(host, port),
+            addresses=self.addresses,
+            devices=paired,
+            home=str(self.home),
+        )
         for record in in_doubt:
             self._resume_in_doubt(record)
         return self

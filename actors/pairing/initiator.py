@@ -75,6 +75,8 @@ class InitiatorSession(PairingSessionBase):
         self._peer = link.peer
         self._sas: tuple[str, ...] = ()
         self._inspect = FrameDecoder() if ctx.settings.testing.crash_session_after else None
+        #: The joiner proved it holds the code (key confirmation passed).
+        self._verified = False
         #: This session's end, for whoever answered its SAS check.
         self._outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
@@ -89,7 +91,7 @@ class InitiatorSession(PairingSessionBase):
         self.machine = Initiator(
             local=ctx.identity.node_id,
             peer=self._peer,
-            codebook=LimitedClaims(ctx.codebook, ctx.claims, self._link_to_attach.remote_address[0], ctx.clock()),
+            codebook=LimitedClaims(ctx.codebook, ctx.claims, self._source(), ctx.clock()),
             device_info=DeviceInfo(name=ctx.settings.node.name, addresses=ctx.direct_addresses()),
             now=ctx.clock(),
             rand=ctx.rand,
@@ -105,6 +107,9 @@ class InitiatorSession(PairingSessionBase):
         if not link.is_closed:
             link.close(ErrorCode.INTERNAL_ERROR, "pairing session failed to start")
 
+    def _source(self) -> str:
+        return str(self._link_to_attach.remote_address[0])
+
     def _wants_verify(self, nameplate: int) -> bool:
         offer = self.ctx.offers.get(nameplate)
         return offer is not None and offer.verify
@@ -113,8 +118,10 @@ class InitiatorSession(PairingSessionBase):
 
     def handle_event(self, event: Any) -> None:
         if isinstance(event, SasCheckRequested):
+            self._verified = True
             self._ask_person(event)
         elif isinstance(event, PeerVerified):
+            self._verified = True
             self._sas = event.keys.sas
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
@@ -183,7 +190,16 @@ class InitiatorSession(PairingSessionBase):
         if event.pending_must_be_deleted:
             self.forget_pending()
         self.ctx.counters.incr("pair.failed.initiator")
-        self.log.warning("pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail)
+        # Before key confirmation the peer is a stranger, who could fill the log: rate limited.
+        log = self.log if self._verified or self.ctx.unauth_log is None else self.ctx.unauth_log
+        log.warning(
+            "pairing.failed",
+            code=event.code.name,
+            remote=event.remote,
+            detail=event.detail,
+            peer=self._peer.fingerprint,
+            session=self.session_id,
+        )
         if not self._outcome.done():
             self._outcome.set_exception(errors.PairingFailed(event.code, remote=event.remote))
         nameplate = self._nameplate()

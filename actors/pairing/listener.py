@@ -170,7 +170,8 @@ class ListenerActor(Supervised, LoopActor):
             return ErrorCode.PROTOCOL_VIOLATION
         if alpn == ALPN_PAIR:
             if self.ctx.active_sessions >= self.ctx.settings.node.max_concurrent_pairings:
-                self.log.warning("pairing.shed", peer=peer.fingerprint, active=self.ctx.active_sessions)
+                log = self.ctx.unauth_log or self.log
+                log.warning("pairing.shed", peer=peer.fingerprint, active=self.ctx.active_sessions)
                 self.ctx.counters.incr("pair.shed")
                 return ErrorCode.BUSY
             return None

@@ -335,7 +335,7 @@ class PairingSessionBase(Supervised, LoopActor):
     # -- lifecycle -------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.log.info("pairing.session_started")
+        self.log.debug("pairing.session_started")
         try:
             self.begin()
         except Exception as exc:

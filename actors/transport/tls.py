@@ -160,7 +160,7 @@ class _FixedLimit(Limit):
         self._cap = value
         super().__init__(frame_type=old.frame_type, name=old.name, value=value)
 
-    @property  # type: ignore[override]
+    @property
     def value(self) -> int:
         return self._cap
 
