@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import pykka
-import structlog
 from pykka import ActorDeadError, ActorRef
 
+from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.kernel.loopactor import Shutdown, handle_envelope
 
 __all__ = [
@@ -105,7 +105,7 @@ def supervised_by(parent: ActorRef[Any], name: str, parent_name: str = "") -> It
 
 def actor_log(**context: Any) -> Any:
     # Resolved per event: structlog's configuration may change while actors live.
-    return structlog.get_logger().bind(**context)
+    return get_logger().bind(**context)
 
 
 def describe_exit(reason: ExitReason) -> str:
