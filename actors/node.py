@@ -61,6 +61,7 @@ from quicpair.actors.pairing.device import CheckChain, Device, Joining, PairingO
 from quicpair.actors.pairing.joiner import JoinerSession
 from quicpair.actors.pairing.listener import ListenerActor
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState, RegistryActor, RegistryStore
+from quicpair.actors.transport.tls import enable_key_log
 from quicpair.config.settings import Settings, load_settings
 from quicpair.protocol import errors
 from quicpair.protocol.codes import format_address, normalize_address, parse_code_or_uri, split_address
@@ -120,6 +121,12 @@ class Node:
         # else runs (and logs). The listener's own bind still reports a race the same way.
         _check_port(self.settings.node.listen_host, self.settings.node.listen_port)
         identity = Identity.load_or_create(self.home / IDENTITY_FILE)
+        key_log = self.settings.log.tls_key_log or os.environ.get("SSLKEYLOGFILE", "")
+        if key_log:
+            try:
+                enable_key_log(key_log)
+            except OSError as exc:
+                raise errors.ConfigError(f"cannot open the TLS key log {key_log}: {exc.strerror}") from exc
         # Open and check the registry once up front, so a corrupt or newer
         # file is a clear error from start(), not a restart loop; and recover
         # pairings a previous run left half-done (see _recover_pairings).
@@ -169,6 +176,13 @@ class Node:
             raise
         paired = [f"{d.name} ({d.node_id.fingerprint})" for d in self.devices()]
         host, port = self.address
+        if key_log:
+            ctx.log.warning(
+                "tls.key_log_enabled",
+                path=key_log,
+                warning="every TLS secret of this node is written there: whoever reads it can decrypt "
+                "captured traffic; turn it off after debugging",
+            )
         ctx.log.info(
             "node.started",
             node_id=identity.node_id.text,

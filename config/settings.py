@@ -158,6 +158,8 @@ class LogSettings:
     level: str = _rule(choices=("debug", "info", "warning", "error", "critical"))
     #: auto (console on a terminal, JSON otherwise), json or console.
     format: str = _rule(choices=("auto", "json", "console"))
+    #: Append TLS secrets here for Wireshark ("" = off; SSLKEYLOGFILE also turns it on).
+    tls_key_log: str = _rule()
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,6 +314,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(or start with: quicpair run --init)"
         )
     settings = _settings(args)
+    key_log = settings.log.tls_key_log or os.environ.get("SSLKEYLOGFILE", "")
+    if key_log:
+        print(
+            f"quicpair: WARNING: TLS secrets are written to {key_log} (tls_key_log / SSLKEYLOGFILE): "
+            "anyone who reads it can decrypt this node's captured traffic",
+            file=sys.stderr,
+            flush=True,
+        )
     from .daemon import run_daemon
 
     def ready(info: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ from __future__ import annotations
 import os
 import ssl
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
@@ -82,6 +82,7 @@ __all__ = [
     "check_handshake",
     "code_from_peer_close",
     "code_from_transport",
+    "enable_key_log",
     "quic_configuration",
 ]
 
@@ -127,6 +128,21 @@ class PeerClose:
     reason: str
 
 
+#: Where TLS secrets go when a person turned the key log on (enable_key_log); process-wide,
+#: like OpenSSL's SSLKEYLOGFILE.
+_key_log: TextIO | None = None
+
+
+def enable_key_log(path: str) -> None:
+    """Append every connection's TLS secrets to ``path`` (NSS key log format) from now on.
+
+    Opened owner-only, append, never through a symlink. OSError if it cannot be.
+    """
+    global _key_log
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    _key_log = os.fdopen(fd, "a", buffering=1, encoding="ascii")
+
+
 def quic_configuration(
     identity: Identity, *, is_client: bool, alpns: list[str], idle_timeout: float, now: float
 ) -> QuicConfiguration:
@@ -145,6 +161,7 @@ def quic_configuration(
         private_key=identity.private_key,
         server_name=None,
         session_ticket=None,
+        secrets_log_file=_key_log,
     )
 
 

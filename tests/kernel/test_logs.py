@@ -164,3 +164,38 @@ def test_a_burst_of_bad_pairing_connections_costs_the_log_a_fixed_number_of_line
     assert len(lines) <= 40 and size <= 16_000, (len(lines), size, lines[-5:])
     assert alice.call("info").ok  # the node is unharmed
     assert os.path.exists(alice.home / "registry.sqlite3")
+
+
+KEY_LOG = r"""
+import json, logging, sys
+from quicpair import Node, load_settings
+warnings = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        if record.levelno >= logging.WARNING:
+            warnings.append(record.getMessage().split()[0])
+logging.getLogger().addHandler(Keep())
+def settings(name, key_log):
+    return load_settings(node={"listen_host": "127.0.0.1", "listen_port": 0, "name": name},
+                         discovery={"mdns": False}, log={"tls_key_log": key_log})
+with Node(sys.argv[1] + "/a", settings("a", sys.argv[2])) as a, Node(sys.argv[1] + "/b", settings("b", "")) as b:
+    offer = a.pair()
+    b.join(offer.uri, timeout=15)
+sys.stderr.write("RESULT " + json.dumps(warnings) + "\n")
+"""
+
+
+def test_the_tls_key_log_is_opt_in_and_warned_about(tmp_path: Path) -> None:
+    """Run in a process of its own: the key log is process-wide, like OpenSSL's SSLKEYLOGFILE."""
+    key_log = tmp_path / "keys.log"
+    env = {k: v for k, v in os.environ.items() if k != "SSLKEYLOGFILE"}
+    result = subprocess.run(
+        [sys.executable, "-c", KEY_LOG, str(tmp_path), str(key_log)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = json.loads(result.stderr.splitlines()[-1].removeprefix("RESULT "))
+    assert "tls.key_log_enabled" in warnings
+    text = key_log.read_text(encoding="ascii")
+    assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in text and "SERVER_TRAFFIC_SECRET_0" in text
+    assert oct(key_log.stat().st_mode & 0o777) == "0o600"
