@@ -526,6 +526,7 @@ def _wait_join(
 ) -> Any:
     started = time.monotonic()
     deadline = started + limit
+    status.show("Joining: starting")
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -178,7 +178,8 @@ logging.getLogger().addHandler(Keep())
 def settings(name, key_log):
     return load_settings(node={"listen_host": "127.0.0.1", "listen_port": 0, "name": name},
                          discovery={"mdns": False}, log={"tls_key_log": key_log})
-with Node(sys.argv[1] + "/a", settings("a", sys.argv[2])) as a, Node(sys.argv[1] + "/b", settings("b", "")) as b:
+home = sys.argv[1]
+with Node(home + "/a", settings("a", sys.argv[2])) as a, Node(home + "/b", settings("b", "")) as b:
     offer = a.pair()
     b.join(offer.uri, timeout=15)
 sys.stderr.write("RESULT " + json.dumps(warnings) + "\n")

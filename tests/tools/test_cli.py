@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import queue
+import select
 import signal
 import socket
 import stat
@@ -895,3 +896,176 @@ def test_a_home_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(home, 54321, 54321)
     assert_clean_error(quicpair("run", *LOOPBACK, home=home), 6, "belongs to user id 54321", "not to you")
     assert_clean_error(quicpair("devices", "--oneshot", home=home), 6, "belongs to user id 54321")
+
+
+# -- feedback ----------------------------------------------------------------------------------
+
+#: xterm's 256-colour palette entries the QR code uses.
+PALETTE = {16: 0, 231: 255}
+
+
+def render_terminal(text: str, *, background: int, foreground: int) -> tuple[int, int, bytes]:
+    """A grayscale image of ANSI ``text`` as a terminal with those default colours shows it:
+    each character cell 2x2 pixels, U+2580 painting its top half in the foreground colour."""
+    rows: list[list[int]] = []
+    for line in text.splitlines():
+        fg, bg = foreground, background
+        top: list[int] = []
+        bottom: list[int] = []
+        i = 0
+        while i < len(line):
+            if line[i] == "\x1b":
+                end = line.index("m", i)
+                params = [int(p) for p in line[i + 2 : end].split(";") if p]
+                if params in ([0], []):
+                    fg, bg = foreground, background
+                elif params[:2] == [38, 5]:
+                    fg = PALETTE[params[2]]
+                elif params[:2] == [48, 5]:
+                    bg = PALETTE[params[2]]
+                i = end + 1
+                continue
+            upper = fg if line[i] == "\u2580" else bg
+            top += [upper, upper]
+            bottom += [bg, bg]
+            i += 1
+        rows += [top, bottom]
+    width = max(len(r) for r in rows)
+    margin = 8  # the terminal's own background around the output
+    image = [[background] * (width + 2 * margin) for _ in range(margin)]
+    image += [[background] * margin + r + [background] * (width - len(r) + margin) for r in rows]
+    image += [[background] * (width + 2 * margin) for _ in range(margin)]
+    return len(image[0]), len(image), bytes(v for r in image for v in r)
+
+
+def read_png(path: Path) -> tuple[int, int, bytes]:
+    """A grayscale image from the PNG segno writes (palette or gray, 1 or 8 bits, filter 0)."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks, idat = 8, {}, b""
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + size]
+        chunks[kind] = body
+        idat += body if kind == b"IDAT" else b""
+        pos += 12 + size
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    raw = zlib.decompress(idat)
+    stride = (width * depth + 7) // 8
+    palette = chunks.get(b"PLTE", b"")
+    pixels = bytearray()
+    previous = bytes(stride)
+    for row in range(height):
+        start = row * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):  # RFC 2083 6: the five filters, one byte per pixel step
+            left, up, corner = line[i - 1] if i else 0, previous[i], previous[i - 1] if i else 0
+            guess = left + up - corner
+            far = (abs(guess - left), abs(guess - up), abs(guess - corner))
+            paeth = left if far[0] <= min(far[1:]) else up if far[1] <= far[2] else corner
+            line[i] = (line[i] + (0, left, up, (left + up) // 2, paeth)[kind]) & 0xFF
+        previous = bytes(line)
+        for x in range(width):
+            value = (line[x // 8] >> (7 - x % 8)) & 1 if depth == 1 else line[x]
+            gray = palette[3 * value] if colour == 3 else value * (255 if depth == 1 else 1)
+            pixels.append(gray)
+    return width, height, bytes(pixels)
+
+
+def decode(width: int, height: int, pixels: bytes) -> list[str]:
+    import zxingcpp
+
+    view = memoryview(pixels).cast("B", (height, width))
+    # try_invert=False: like the phone scanners that do not look for light-on-dark codes.
+    return [r.text for r in zxingcpp.read_barcodes(view, try_invert=False)]
+
+
+def test_the_qr_code_scans_on_dark_and_light_terminals_and_as_a_png(tmp_path: Path, procs: Any) -> None:
+    home = tmp_path / "alice"
+    procs.daemon("alice", home)
+    png = tmp_path / "code.png"
+    pair = procs.start("pair", "--home", str(home), "pair", "--qr", "--qr-png", str(png), "--timeout", "20")
+    lines = [pair.line() for _ in range(3)]
+    uri = lines[1].split()[1]
+    assert lines[0].startswith("Code  ") and uri.startswith("quicpair:pair?code=") and lines[2] == "\n"
+    art = []
+    while (line := pair.line()).strip() != "":
+        art.append(line.rstrip("\n"))
+    text = "\n".join(art)
+    for background, foreground in ((0, 255), (255, 0)):  # a dark terminal, a light one
+        assert decode(*render_terminal(text, background=background, foreground=foreground)) == [uri]
+    assert decode(*read_png(png)) == [uri]
+    pair.popen.send_signal(signal.SIGINT)
+    assert pair.wait() == 130
+
+
+def test_on_a_terminal_join_asks_for_the_code_with_completion_and_shows_what_it_does(
+    tmp_path: Path, procs: Any
+) -> None:
+    import pty
+
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    (_, alice), _ = procs.daemons(("alice-run", homes["alice"]), ("bob-run", homes["bob"]))
+    pair = procs.start("pair", "--home", str(homes["alice"]), "pair", "--json", "--timeout", "30")
+    code = pair.json_line()["code"]
+    nameplate, *words = code.split("-")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command line on a terminal
+        os.execvpe(
+            sys.executable,
+            [sys.executable, "-m", "quicpair.tools.cli", "--home", str(homes["bob"]), "join",
+             "--address", alice["addresses"][0]],
+            {**ENV, "TERM": "xterm"},
+        )  # fmt: skip
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = COMMAND_TIMEOUT) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {marker!r} on the terminal within {timeout} s: {seen[-500:]!r}")
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"Code (Tab completes the words): ")
+        # Each word typed by its first four letters and Tab: readline completes the rest.
+        os.write(fd, nameplate.encode() + b"-")
+        for i, word in enumerate(words):
+            os.write(fd, word[:4].encode() + b"\t")
+            read_until(word.encode())
+            os.write(fd, b"-" if i < 2 else b"\r")
+        read_until(b"Paired with")
+        assert b"Joining: " in seen  # the status line said what it was doing
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, seen[-800:]
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert pair.wait() == 0
+
+
+def test_shell_completion_lists_commands_and_paired_devices(tmp_path: Path) -> None:
+    script = quicpair("completion", "bash")
+    assert script.returncode == 0 and "complete" in script.stdout and "quicpair" in script.stdout
+    line = "quicpair sta"
+    result = subprocess.run(
+        [sys.executable, "-m", "quicpair.tools.cli"],
+        cwd=REPO,
+        env={**ENV, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+             "_ARGCOMPLETE_STDOUT_FILENAME": str(tmp_path / "out"), "_ARGCOMPLETE_IFS": "\n"},
+        capture_output=True,
+        timeout=COMMAND_TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out").read_text().split() == ["status"]
