@@ -22,6 +22,7 @@ Event names are stable and documented in docs/ARCHITECTURE.md ("Events").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -31,6 +32,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+import structlog.testing
 
 __all__ = [
     "LOGGER_NAME",
@@ -78,7 +80,17 @@ class _SafeLogger(structlog.stdlib.BoundLogger):
             return None
 
 
+def _feed_capture(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Under ``structlog.testing.capture_logs`` (tests), the captured list sees every event too."""
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, structlog.testing.LogCapture):
+            with contextlib.suppress(structlog.DropEvent):
+                processor(logger, method, dict(event))
+    return event
+
+
 _PROCESSORS: list[Any] = [
+    _feed_capture,
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.filter_by_level,
     structlog.processors.add_log_level,

@@ -31,10 +31,10 @@ def test_defaults() -> None:
     settings = load_settings()
     assert settings.node.listen_host == "0.0.0.0"
     assert (settings.node.listen_port, settings.node.max_concurrent_pairings) == (47470, 32)
-    assert dataclasses.astuple(settings.pairing) == (300.0, 3, 10.0, 30.0)
+    assert dataclasses.astuple(settings.pairing) == (300.0, 3, 10.0, 30.0, False, 120.0)
     assert dataclasses.astuple(settings.link) == (30.0, 10.0, 0.5, 30.0, 0.2, 10.0, 0.25, 5.0)
     assert settings.discovery.mdns is True
-    assert (settings.log.level, settings.log.format) == ("info", "auto")
+    assert (settings.log.level, settings.log.format, settings.log.tls_key_log) == ("info", "auto", "")
     assert dataclasses.astuple(settings.testing) == (False, False, "", False), "fault injection is off"
     assert settings.node.name, "an empty name in the defaults becomes the host name"
     assert settings.node.name == (platform.node() or "quicpair")[:MAX_NAME_LEN]

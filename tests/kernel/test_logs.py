@@ -146,7 +146,7 @@ async def bad_pairings(port: int, count: int) -> list[str]:
 def test_a_burst_of_bad_pairing_connections_costs_the_log_a_fixed_number_of_lines(
     tmp_path: Path, nodes: Any
 ) -> None:
-    (alice,) = nodes.start("alice")
+    (alice,) = nodes.start(("alice", ["log.level=info"]))  # what a daemon logs by default
     before = len(alice.log_path.read_text(encoding="utf-8").splitlines())
     started = time.monotonic()
     answers = asyncio.run(bad_pairings(alice.port, 1000))
