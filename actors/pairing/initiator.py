@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quicpair.actors.pairing.device import Device, SasCheck
-from quicpair.actors.pairing.session import PairingSessionBase, SessionCrash
+from quicpair.actors.pairing.session import PairingSessionBase, SessionCrash, tell_if_alive
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
@@ -166,7 +166,7 @@ class InitiatorSession(PairingSessionBase):
             sas=event.sas,
             peer=self._peer,
             peer_name=event.peer_name,
-            answer=lambda yes: ref.tell(_SasAnswer(yes)),
+            answer=lambda yes: tell_if_alive(ref, _SasAnswer(yes)),
             outcome=self._outcome,
         )
         self.log.info("pairing.sas_check", sas=" ".join(event.sas), peer_name=event.peer_name)

@@ -25,7 +25,7 @@ import pykka
 from quicpair.actors.context import NodeContext
 from quicpair.actors.kernel.loopactor import ActorTimer
 from quicpair.actors.pairing.device import CheckChain, Device, Joining, SasCheck
-from quicpair.actors.pairing.session import PairingSessionBase
+from quicpair.actors.pairing.session import PairingSessionBase, tell_if_alive
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.dial import dial
 from quicpair.actors.transport.quic_link import QuicLink
@@ -249,7 +249,7 @@ class JoinerSession(PairingSessionBase):
                 sas=event.sas,
                 peer=self._peer,
                 peer_name="",
-                answer=lambda yes: ref.tell(_SasAnswer(yes)),
+                answer=lambda yes: tell_if_alive(ref, _SasAnswer(yes)),
                 outcome=self.result,
             )
             self.log.info("pairing.sas_check", sas=" ".join(event.sas))

@@ -22,8 +22,11 @@ and is resolved at the node's next start at the latest).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
+
+import pykka
 
 from quicpair.actors.context import NodeContext
 from quicpair.actors.kernel.exits import Supervised
@@ -41,7 +44,7 @@ from quicpair.protocol.keys import PairingKeys, Role
 from quicpair.protocol.messages import DeviceInfo
 from quicpair.protocol.pairing import PairingMachine
 
-__all__ = ["LINGER", "PairingSessionBase", "SessionCrash"]
+__all__ = ["LINGER", "PairingSessionBase", "SessionCrash", "tell_if_alive"]
 
 #: After sending its last frame with FIN, a session waits this long for the
 #: peer to close before closing itself: closing at once could drop the frame
@@ -400,3 +403,10 @@ def _log_failure(log: Any, event: str) -> Any:
             log.error(event, error=repr(fut.exception()))
 
     return done
+
+
+def tell_if_alive(ref: Any, message: Any) -> None:
+    """Tell a session ``message`` from any thread; nothing if it has ended meanwhile
+    (a person answering a SAS check after the peer already refused, say)."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)

@@ -371,7 +371,7 @@ def test_verify_shows_the_sas_on_both_sides_and_pairs_only_when_both_confirm(
             (device,) = json_lines(quicpair("devices", "--json", home=home).stdout)
             assert device["sas"] == a_check["sas"] and device["state"] == "confirmed"
         return
-    assert pair.wait() == join.wait() == 4
+    assert (pair.wait(), join.wait()) == (4, 4), (pair.stderr(), join.stderr())
     for proc in (pair, join):
         error = json.loads(proc.stderr().splitlines()[-1])["error"]
         assert error["code"] == "SAS_REFUSED" and "nothing was stored" in error["message"]
