@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -31,6 +32,10 @@ from quicpair.protocol.errors import ConfigError, IdentityError, QuicpairError, 
 
 from .cli_links import MessageError, UnknownPeer, add_link_commands, peer_completer, printable, resolve_peer
 from .client import CALL_WAIT, ControlClient, DaemonError, NoDaemon, unwrap_reply
+
+# argparse looks up every message's translation on disk (gettext.find stats the locale
+# directories at each call, ~40 calls per command line): the same translations, remembered.
+setattr(argparse, "_", functools.lru_cache(maxsize=None)(getattr(argparse, "_")))  # noqa: B009, B010
 
 # Only what every command needs is imported above: the standard library, the control
 # client and the error tree. A command that needs a node, the settings or the crypto
@@ -726,7 +731,10 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only``: build just that command's subparser (argparse costs ~3 ms a
+    subparser, most of it gettext look-ups, and a command that answers at once has no time
+    to spare). The full parser serves --help, completion and unknown commands."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: an option given after the command must not be reset by the command's default.
     common.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="the node's home directory")
@@ -749,6 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no daemon: run a temporary node in this process for this command",
     )
+    stand_in = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
     verify = argparse.ArgumentParser(add_help=False)
     verify.add_argument(
         "--verify",
@@ -778,6 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
         text: str,
         parents: Sequence[argparse.ArgumentParser] = (),
     ) -> argparse.ArgumentParser:
+        if only is not None and name != only:
+            return stand_in  # not built: its arguments go to a parser nobody uses
         p = sub.add_parser(
             name,
             help=text,
@@ -840,6 +851,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COMMANDS = frozenset(
+    {"init", "id", "run", "pair", "join", "devices", "status", "stop"}
+    | {"links", "send", "receive", "unpair", "address", "completion"}
+)
+
+
+def _command_in(arguments: Sequence[str]) -> str | None:
+    """The command word of ``arguments`` when it is a known one, past the global options."""
+    takes_value = {"--home", "--config"}
+    skip = False
+    for word in arguments:
+        if skip:
+            skip = False
+        elif word in takes_value:
+            skip = True
+        elif word.startswith("-"):
+            if word in ("-h", "--help", "--version"):
+                return None
+        else:
+            return word if word in _COMMANDS else None
+    return None
+
+
 def _print_error(err: TextIO, json_mode: bool, exc: BaseException, status: int) -> None:
     if json_mode:
         error: dict[str, Any] = {"type": getattr(exc, "kind", type(exc).__name__), "message": str(exc)}
@@ -856,7 +890,7 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
     err = stderr if stderr is not None else sys.stderr
     arguments = list(sys.argv[1:] if argv is None else argv)
     json_mode = "--json" in arguments
-    parser = build_parser()
+    parser = build_parser(None if "_ARGCOMPLETE" in os.environ else _command_in(arguments))
     if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: nothing else runs
         import argcomplete
 

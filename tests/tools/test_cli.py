@@ -7,6 +7,7 @@ a test starts is stopped at teardown (SIGTERM, then SIGKILL), pass or fail.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -1069,3 +1070,14 @@ def test_shell_completion_lists_commands_and_paired_devices(tmp_path: Path) -> N
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out").read_text().split() == ["status"]
+
+
+def test_the_parser_for_one_command_is_the_full_parsers_for_that_command() -> None:
+    from quicpair.tools import cli
+
+    full = cli.build_parser()
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == cli._COMMANDS
+    argv = ["--home", "/h", "status", "--json"]
+    assert cli._command_in(argv) == "status" and cli._command_in(["--help"]) is None
+    assert vars(cli.build_parser("status").parse_args(argv)) == vars(full.parse_args(argv))
