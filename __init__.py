@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from quicpair.actors.pairing.device import Device, PairingOffer
     from quicpair.config.settings import Settings, load_settings
     from quicpair.protocol.errors import (
+        AddressInUse,
         CodeFormatError,
         ConfigError,
         ErrorCode,
@@ -41,10 +42,12 @@ if TYPE_CHECKING:
         RegistryError,
         RemoteProtocolError,
         SealError,
+        UsageError,
     )
     from quicpair.protocol.identity import NodeId
 
 __all__ = [
+    "AddressInUse",
     "CodeFormatError",
     "ConfigError",
     "Device",
@@ -65,6 +68,7 @@ __all__ = [
     "RemoteProtocolError",
     "SealError",
     "Settings",
+    "UsageError",
     "__version__",
     "load_settings",
 ]
@@ -81,7 +85,8 @@ _HOMES = {
         name: "quicpair.protocol.errors"
         for name in __all__
         if name.endswith("Error")
-        or name in ("ErrorCode", "NotAcknowledged", "NotTransmitted", "PairingFailed", "PeerUnreachable")
+        or name in ("AddressInUse", "ErrorCode", "PairingFailed", "PeerUnreachable")
+        or name in ("NotAcknowledged", "NotTransmitted")
     },
 }
 

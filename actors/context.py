@@ -28,6 +28,7 @@ from quicpair.actors.kernel.loop import EventLoopThread
 from quicpair.actors.transport.udp import route_source
 from quicpair.config.settings import Settings
 from quicpair.protocol.addresses import WILDCARDS, announce_to, dial_order, listening_addresses
+from quicpair.protocol.claims import ClaimLimiter
 from quicpair.protocol.codebook import Codebook
 from quicpair.protocol.codes import format_address
 from quicpair.protocol.delivery import first_seq_of_epoch
@@ -58,6 +59,10 @@ class Offer:
     result: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     #: One line per failed attempt ("wrong code", "timed out"...), for people.
     attempts: list[str] = field(default_factory=list)
+    #: The person who opened the code asked to confirm the SAS of each pairing with it.
+    verify: bool = False
+    #: Where SAS checks go for whoever waits on the offer (actors/pairing/device.py CheckChain).
+    checks: Any = None
 
 
 @dataclass(slots=True)
@@ -76,9 +81,15 @@ class NodeContext:
     rand: Callable[[int], bytes] = os.urandom
     #: The node's logger, bound to ``node=<fingerprint>``; actors bind more.
     log: Any = None
+    #: For events a stranger can cause (bad pairing attempts, shed connections): rate
+    #: limited and summarised (actors/kernel/logs.py RateLimitedLog).
+    unauth_log: Any = None
     #: Open codes (loop-confined). Lives here, not in the listener, so a
     #: listener restart does not forget the codes people are typing.
     codebook: Codebook = field(default_factory=Codebook)
+    #: Failed pairing claims per source address (loop-confined): a prober is refused
+    #: (BUSY) before it can cost a code an attempt (protocol/claims.py).
+    claims: ClaimLimiter = field(default_factory=ClaimLimiter)
     #: nameplate -> Offer (loop-confined).
     offers: dict[int, Offer] = field(default_factory=dict)
     #: Pairing sessions alive now (loop-confined), for load shedding.

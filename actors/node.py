@@ -34,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import ipaddress
 import os
+import socket
 import stat
 import time
 from collections.abc import Callable
@@ -49,14 +51,14 @@ from quicpair.actors.context import NodeContext
 from quicpair.actors.discovery.actor import RESOLVE_NAMEPLATE_TIMEOUT, DiscoveryActor
 from quicpair.actors.kernel.counters import Counters
 from quicpair.actors.kernel.exits import Supervised
-from quicpair.actors.kernel.logs import get_logger
+from quicpair.actors.kernel.logs import RateLimitedLog, get_logger, set_level
 from quicpair.actors.kernel.loop import EventLoopThread
 from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.kernel.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from quicpair.actors.links.inbox import Inbox, ReceivedMessage
 from quicpair.actors.links.messages import InboxRoom, LinkStatus, SendRequest
 from quicpair.actors.links.supervisor import LinksActor, UnpairCommand, load_link_records
-from quicpair.actors.pairing.device import Device, PairingOffer
+from quicpair.actors.pairing.device import CheckChain, Device, Joining, PairingOffer, SasCheck, answer_check
 from quicpair.actors.pairing.joiner import CallerGaveUp, JoinerSession, ResolveNow
 from quicpair.actors.pairing.listener import ListenerActor
 from quicpair.actors.registry.actor import (
@@ -66,10 +68,11 @@ from quicpair.actors.registry.actor import (
     RegistryActor,
     RegistryStore,
 )
+from quicpair.actors.transport.tls import enable_key_log
 from quicpair.config.settings import Settings, load_settings
 from quicpair.protocol import errors
 from quicpair.protocol.codebook import Codebook
-from quicpair.protocol.codes import parse_code_or_uri, split_address
+from quicpair.protocol.codes import format_address, normalize_address, parse_code_or_uri, split_address
 from quicpair.protocol.errors import ErrorCode, IdentityError
 from quicpair.protocol.identity import Identity, NodeId
 from quicpair.protocol.keys import Role
@@ -124,7 +127,17 @@ class Node:
         if self._root is not None:
             raise RuntimeError("the node is already started")
         prepare_home(self.home)
+        set_level(self.settings.log.level)
+        # A taken port is the commonest reason a node cannot start: say so before anything
+        # else runs (and logs). The listener's own bind still reports a race the same way.
+        _check_port(self.settings.node.listen_host, self.settings.node.listen_port)
         identity = Identity.load_or_create(self.home / IDENTITY_FILE)
+        key_log = self.settings.log.tls_key_log or os.environ.get("SSLKEYLOGFILE", "")
+        if key_log:
+            try:
+                enable_key_log(key_log)
+            except OSError as exc:
+                raise errors.ConfigError(f"cannot open the TLS key log {key_log}: {exc.strerror}") from exc
         # Open and check the registry once up front, so a corrupt or newer
         # file is a clear error from start(), not a restart loop; and recover
         # pairings a previous run left half-done (see _recover_pairings).
@@ -155,6 +168,7 @@ class Node:
         for peer, seq, payload in undelivered:
             ctx.inbox.deliver(peer, payload, seq)
         ctx.pairing_mismatch = self._on_pairing_mismatch
+        ctx.unauth_log = RateLimitedLog(ctx.log)
         self._ctx, self._loop = ctx, loop
         try:
             self._root = Supervisor.start(
@@ -186,7 +200,23 @@ class Node:
         except BaseException:
             self._shutdown()
             raise
-        ctx.log.info("node.started", node_id=identity.node_id.text, address=self.address, home=str(self.home))
+        paired = [f"{d.name} ({d.node_id.fingerprint})" for d in self.devices()]
+        host, port = self.address
+        if key_log:
+            ctx.log.warning(
+                "tls.key_log_enabled",
+                path=key_log,
+                warning="every TLS secret of this node is written there: whoever reads it can decrypt "
+                "captured traffic; turn it off after debugging",
+            )
+        ctx.log.info(
+            "node.started",
+            node_id=identity.node_id.text,
+            listening=format_address(host, port),
+            addresses=self.addresses,
+            devices=paired,
+            home=str(self.home),
+        )
         for record in in_doubt:
             self._resume_in_doubt(record)
         return self
@@ -356,21 +386,56 @@ class Node:
         record = self._ask_registry("get", peer)
         return None if record is None else Device.from_record(record)
 
+    def add_address(self, peer: NodeId, address: str) -> str:
+        """Tell the node where the paired device ``peer`` can be reached (for peers no mDNS
+        reaches); kept until :meth:`remove_address`, tried right after addresses that worked,
+        and dialed now. Returns the address in its stored form. UsageError for a bad address;
+        LocalProtocolError(UNKNOWN_PEER) if ``peer`` is not a paired device."""
+        text = self._stored_form(address)
+        if not self._ask_registry("add_manual_address", peer, text, time.time()):
+            raise errors.LocalProtocolError(ErrorCode.UNKNOWN_PEER, f"{peer.fingerprint} is not paired here")
+        links = self._context.links
+        if links is not None:
+            links.hint(peer, [text])
+        return text
+
+    def remove_address(self, peer: NodeId, address: str) -> str:
+        """Forget a stored address of ``peer`` (the peer may announce it again); returns it.
+        UsageError when it was not stored; LocalProtocolError(UNKNOWN_PEER) if not paired."""
+        text = self._stored_form(address)
+        if self._ask_registry("get", peer) is None:
+            raise errors.LocalProtocolError(ErrorCode.UNKNOWN_PEER, f"{peer.fingerprint} is not paired here")
+        if not self._ask_registry("remove_address", peer, text, time.time()):
+            raise errors.UsageError(f"{text} is not a stored address of {peer.fingerprint}")
+        return text
+
+    @staticmethod
+    def _stored_form(address: str) -> str:
+        try:
+            return normalize_address(address)
+        except ValueError as exc:
+            raise errors.UsageError(f"address {address!r} is not HOST:PORT ({exc})") from exc
+
     def _ask_registry(self, method: str, *args: Any) -> Any:
         registry = self._context.require_registry()
         return getattr(registry.proxy(), method)(*args).get(timeout=CALL_TIMEOUT)
 
     # -- pairing -------------------------------------------------------------------
 
-    def pair(self) -> PairingOffer:
-        """Open a single-use code; the returned offer tells the code and waits for the device."""
+    def pair(self, *, verify: bool | None = None) -> PairingOffer:
+        """Open a single-use code; the returned offer tells the code and waits for the device.
+
+        ``verify`` (default: ``[pairing] verify``): each pairing with the code waits
+        for the people on both devices to confirm the SAS words (``offer.wait(confirm=...)``).
+        """
         ctx = self._context
         listener = ctx.listener
         if listener is None:
             raise RuntimeError("the listener is not running")
         proxy = listener.proxy()
-        text, uri, nameplate, expires_in = proxy.open_code().get(timeout=CALL_TIMEOUT)
-        future: concurrent.futures.Future[Any] = proxy.offer_future(nameplate).get(timeout=CALL_TIMEOUT)
+        wanted = self.settings.pairing.verify if verify is None else verify
+        text, uri, nameplate, expires_in = proxy.open_code(wanted).get(timeout=CALL_TIMEOUT)
+        future, checks = proxy.offer_future(nameplate).get(timeout=CALL_TIMEOUT)
         return PairingOffer(
             code=text,
             uri=uri,
@@ -378,18 +443,58 @@ class Node:
             expires_in=expires_in,
             future=future,
             cancel=lambda: bool(proxy.cancel_code(nameplate).get(timeout=CALL_TIMEOUT)),
+            checks=checks,
         )
 
-    def join(self, code_or_uri: str, *, address: str | None = None, timeout: float | None = None) -> Device:
+    def join(
+        self,
+        code_or_uri: str,
+        *,
+        address: str | None = None,
+        timeout: float | None = None,
+        verify: bool | None = None,
+        confirm: Callable[[SasCheck], bool] | None = None,
+    ) -> Device:
         """Pair with the device that shows ``code_or_uri``; returns it once committed on both sides.
 
         ``address`` (``host:port``) says where the initiator listens when the
-        code is typed without its URI. Raises CodeFormatError for a mistyped
-        code, PairingFailed (wrong code, expired, used up, busy, ...) or
-        PeerUnreachable.
+        code is typed without its URI. ``verify`` (default: ``[pairing] verify``)
+        asks both people to confirm the SAS words; when a side asked,
+        ``confirm(check)`` must say whether the other device shows the same
+        words (without it the pairing is refused). Raises CodeFormatError for a
+        mistyped code, UsageError (nothing to dial, or this node's own code or
+        address), PairingFailed (wrong code, expired, used up, busy, SAS refused...)
+        or PeerUnreachable.
         """
+        pairing = self.settings.pairing
+        bound = timeout if timeout is not None else 6 * pairing.step_timeout + pairing.resolve_timeout
+        joining = self.start_join(code_or_uri, address=address, verify=verify)
+        deadline = time.monotonic() + bound
+        while True:
+            try:
+                event = joining.wait(max(deadline - time.monotonic(), 0.0))
+            except concurrent.futures.TimeoutError as exc:
+                # The caller's wait ends, not necessarily the pairing: before our vote the
+                # session aborts it with the initiator (nothing stored); after it, the record
+                # stays PENDING (in doubt) and the session keeps asking the initiator until it
+                # answers, so both sides end on the same pairing (actors/pairing/joiner.py).
+                self.cancel_join(joining)
+                raise errors.PairingFailed(ErrorCode.TIMEOUT, f"no result within {bound:g} s") from exc
+            if isinstance(event, Device):
+                return event
+            answer_check(event, confirm)
+            deadline += pairing.verify_timeout  # the person's time does not count against the pairing
+
+    def start_join(
+        self, code_or_uri: str, *, address: str | None = None, verify: bool | None = None
+    ) -> Joining:
+        """Start joining (see :meth:`join`) and return at once; the Joining says how it ends."""
         ctx = self._context
         uri = parse_code_or_uri(code_or_uri)
+        if uri.node is not None and uri.node == ctx.identity.node_id:
+            raise errors.UsageError(
+                "this code was opened by this device itself: enter it on the other device"
+            )
         targets: list[tuple[str, int]] = []
         if address is not None:
             try:
@@ -397,38 +502,77 @@ class Node:
             except ValueError as exc:
                 raise errors.CodeFormatError(f"address {address!r} is not host:port ({exc})") from exc
         targets += [split_address(a) for a in uri.addresses if split_address(a) not in targets]
+        for host, port in targets:
+            if self._is_own_address(host, port):
+                raise errors.UsageError(
+                    f"{format_address(host, port)} is this device's own address: give the address "
+                    "of the device that shows the code"
+                )
         if not targets:
+            if not _mdns_expected(ctx.settings):
+                raise errors.UsageError(
+                    "a code alone does not say where the other device is, and local discovery "
+                    "(mDNS) is off: give its address (--address HOST:PORT, shown next to the "
+                    "code), or use the pairing URI or QR code"
+                )
             targets = self._find_nameplate(uri.code.nameplate)
         if not targets:
             raise errors.PeerUnreachable(
-                "no address for the initiator: use the pairing URI (or QR code), or give its address"
+                f"no device on the local network shows a code with nameplate {uri.code.nameplate} "
+                "(mDNS): give its address (--address HOST:PORT), or use the pairing URI or QR code"
             )
-        if uri.node is not None and uri.node == ctx.identity.node_id:
-            raise errors.PairingFailed(ErrorCode.PROTOCOL_VIOLATION, "this code was opened by this very node")
         sessions = ctx.sessions
         if sessions is None:
             raise RuntimeError("the node is not running")
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        checks = CheckChain()
         name = f"pair-j-{ctx.next_id()}"
+        joining = Joining(name, result, checks)
+        wanted = self.settings.pairing.verify if verify is None else verify
         spec = ChildSpec(
             name,
-            lambda: JoinerSession.start_on(ctx.loop_thread, ctx, name, uri.code, targets, uri.node, result),
+            lambda: JoinerSession.start_on(
+                ctx.loop_thread,
+                ctx,
+                name,
+                uri.code,
+                targets,
+                uri.node,
+                result,
+                verify=wanted,
+                joining=joining,
+                checks=checks,
+            ),
             restart=Restart.TEMPORARY,
         )
         session = sessions.proxy().start_child(spec).get(timeout=CALL_TIMEOUT)
-        pairing = self.settings.pairing
-        bound = timeout if timeout is not None else 6 * pairing.step_timeout + pairing.resolve_timeout
-        try:
-            device: Device = result.result(timeout=bound)
-        except concurrent.futures.TimeoutError as exc:
-            # The caller's wait ends, not necessarily the pairing: before our vote the
-            # session aborts it with the initiator (nothing stored); after it, the record
-            # stays PENDING (in doubt) and the session keeps asking the initiator until it
-            # answers, so both sides end on the same pairing (actors/pairing/joiner.py).
+
+        def gave_up() -> None:
             with contextlib.suppress(pykka.ActorDeadError):
                 session.tell(CallerGaveUp())
-            raise errors.PairingFailed(ErrorCode.TIMEOUT, f"no result within {bound:g} s") from exc
-        return device
+
+        joining._timed_out = gave_up
+        return joining
+
+    def cancel_join(self, joining: Joining) -> None:
+        """Give up a join (its waiter left or timed out): before our vote the pairing is
+        aborted with the initiator; after it, the record stays pending and is resolved."""
+        joining._timed_out()
+
+    def _is_own_address(self, host: str, port: int) -> bool:
+        """``host:port`` is where this very node listens (a person typed the wrong address)."""
+        bound_host, bound_port = self.address
+        if port != bound_port:
+            return False
+        try:
+            ip = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if bound_host not in ("0.0.0.0", "::"):
+            bound = ipaddress.ip_address(bound_host)
+            return ip == bound or (ip.is_loopback and bound.is_loopback)
+        mine = {split_address(a)[0] for a in self.addresses}
+        return ip.is_loopback or ip.is_unspecified or str(ip) in mine
 
     def _find_nameplate(self, nameplate: int) -> list[tuple[str, int]]:
         """Where nodes advertising ``nameplate`` on the LAN listen (mDNS); [] without discovery."""
@@ -582,6 +726,23 @@ def _mdns_expected(settings: Settings) -> bool:
     return settings.discovery.mdns and not ipaddress.ip_address(host).is_loopback
 
 
+def _check_port(host: str, port: int) -> None:
+    """AddressInUse if the UDP ``host:port`` is taken (port 0 is always free)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise errors.AddressInUse(
+                    f"UDP port {port} on {host} is already in use by another program; stop it, or "
+                    "listen elsewhere (--listen HOST:PORT, or [node] listen_port)"
+                ) from exc
+            # Anything else (an address not on this host...) the listener reports precisely.
+
+
 def _recover_pairings(store: RegistryStore) -> list[DeviceRecord]:
     """Settle what a previous run of this node left PENDING (2PC recovery).
 
@@ -601,12 +762,19 @@ def _recover_pairings(store: RegistryStore) -> list[DeviceRecord]:
 
 
 def prepare_home(home: Path) -> None:
-    """Create the home (0700) if needed; refuse one that other users can enter."""
+    """Create the home (0700) if needed; refuse one that other users can enter or own."""
     try:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        mode = stat.S_IMODE(os.stat(home).st_mode)
+        st = os.stat(home)
+        mode = stat.S_IMODE(st.st_mode)
     except OSError as exc:
         raise IdentityError(f"cannot use {home} as the node's home: {exc.strerror}") from exc
+    if st.st_uid != os.geteuid():
+        # Whoever owns the home can swap its files (symlinks to ours, keys of theirs).
+        raise IdentityError(
+            f"the node's home {home} belongs to user id {st.st_uid}, not to you ({os.geteuid()}); "
+            "use a home of your own"
+        )
     if mode & 0o077:
         raise IdentityError(
             f"the node's home {home} is accessible by other users (mode {mode:o}); run: chmod 700 {home}"

@@ -132,6 +132,10 @@ class PairingSettings:
     resolve_timeout: float = _rule(gt=0, le=_DAY)
     #: Codes open at once on this node; opening more is refused with BUSY.
     max_open_codes: int = _rule(ge=1, le=4096)
+    #: Ask both people to confirm the SAS before anything is stored.
+    verify: bool = _rule()
+    #: How long the people have to compare the SAS words and answer.
+    verify_timeout: float = _rule(gt=0, le=3600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,8 @@ class LogSettings:
     level: str = _rule(choices=("debug", "info", "warning", "error", "critical"))
     #: auto (console on a terminal, JSON otherwise), json or console.
     format: str = _rule(choices=("auto", "json", "console"))
+    #: Append TLS secrets here for Wireshark ("" = off; SSLKEYLOGFILE also turns it on).
+    tls_key_log: str = _rule()
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,8 +216,8 @@ class Codebook:
         """Hold the code for one attempt and count the attempt.
 
         Raises ``errors.PairingFailed`` with the code the joiner is told:
-        NO_SUCH_CODE, CODE_EXPIRED, CODE_USED_UP (consumed, burned or
-        cancelled) or BUSY (another session holds it right now).
+        NO_SUCH_CODE, CODE_EXPIRED, CODE_USED_UP (consumed or burned),
+        CODE_CANCELLED or BUSY (another session holds it right now).
         """
         entry = self._entries.get(nameplate)
         if entry is None:
@@ -227,6 +227,8 @@ class Codebook:
             raise errors.PairingFailed(ErrorCode.CODE_EXPIRED, f"code {nameplate} has expired")
         if state is CodeState.HELD:
             raise errors.PairingFailed(ErrorCode.BUSY, f"code {nameplate} is being tried right now")
+        if state is CodeState.CANCELLED:
+            raise errors.PairingFailed(ErrorCode.CODE_CANCELLED, f"code {nameplate} was cancelled")
         if state is not CodeState.OPEN:
             raise errors.PairingFailed(ErrorCode.CODE_USED_UP, f"code {nameplate} is {state.value}")
         entry.state = CodeState.HELD

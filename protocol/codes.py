@@ -138,7 +138,26 @@ def _suggest(token: str) -> str | None:
     close = difflib.get_close_matches(token, WORDS, n=1, cutoff=0.75)
     if close:
         return close[0]
+    if len(token) <= _PREFIX_LEN:
+        # Short words are too short for difflib's ratio ("wya" vs "way" is 0.67): two
+        # neighbouring letters swapped, else one wrong letter when only one word fits.
+        same = [w for w in WORDS if len(w) == len(token)]
+        swapped = [w for w in same if _slips(token, w) == "swap"]
+        wrong = [w for w in same if _slips(token, w) == "letter"]
+        if swapped or len(wrong) == 1:
+            return (swapped or wrong)[0]
     return _BY_PREFIX.get(token[:_PREFIX_LEN])  # "abandonned": the prefix is right, the ending is not
+
+
+def _slips(typed: str, word: str) -> str | None:
+    """How ``typed`` differs from ``word`` of the same length: "letter" (one wrong),
+    "swap" (two neighbours swapped), or None (otherwise, or equal)."""
+    diff = [i for i, (a, b) in enumerate(zip(typed, word, strict=True)) if a != b]
+    if len(diff) == 1:
+        return "letter"
+    if len(diff) == 2 and diff[1] == diff[0] + 1 and typed[diff[0]] == word[diff[1]]:
+        return "swap" if typed[diff[1]] == word[diff[0]] else None
+    return None
 
 
 def _check_nameplate(value: int) -> None:

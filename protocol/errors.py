@@ -13,12 +13,14 @@ code is turned back into the same exception class on the other side::
     │       └── SealError             a sealed message that fails to open (tampered, replayed)
     ├── PairingFailed                 a pairing ended without a device (has .code)
     ├── CodeFormatError               a code or pairing URI a person typed is not valid
+    ├── UsageError                    a request that cannot work as given (own address, nothing to dial)
     ├── IdentityError                 an identity key file is missing, unreadable or unsafe
     ├── RegistryError                 the device registry cannot be used (corrupt, newer schema)
     ├── PeerUnreachable               no address of a peer answered
     │   ├── NotTransmitted            a send never left: dropped, never sent later
     │   └── NotAcknowledged           a send left but was not acknowledged: it may have arrived
     └── ConfigError                   a settings file or value is invalid
+        └── AddressInUse              the UDP port is taken by another program
 
 Docstrings of the classes are written for the person who reads them in the
 command line's output.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "AddressInUse",
     "CodeFormatError",
     "ConfigError",
     "ErrorCode",
@@ -44,6 +47,7 @@ __all__ = [
     "RegistryError",
     "RemoteProtocolError",
     "SealError",
+    "UsageError",
     "describe_code",
 ]
 
@@ -94,6 +98,10 @@ class ErrorCode(enum.IntEnum):
     NO_SUCH_CODE = 0x23
     #: The node is at its limit of concurrent pairings, or this code is being tried right now.
     BUSY = 0x24
+    #: A person said the SAS words on the two devices differ: someone may be in the middle.
+    SAS_REFUSED = 0x25
+    #: The code was closed on the device that showed it (cancelled, or its `pair` stopped).
+    CODE_CANCELLED = 0x26
 
     #: The peer's NodeId is not a paired device here.
     UNKNOWN_PEER = 0x30
@@ -129,9 +137,11 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.ABORTED: "pairing aborted; nothing was stored",
     ErrorCode.WRONG_CODE: "wrong code (or someone in the middle)",
     ErrorCode.CODE_EXPIRED: "the code has expired",
-    ErrorCode.CODE_USED_UP: "the code is used up",
+    ErrorCode.CODE_USED_UP: "the code is used up (already used, or burned after too many failed attempts)",
     ErrorCode.NO_SUCH_CODE: "no such code on that device",
     ErrorCode.BUSY: "busy, try again",
+    ErrorCode.SAS_REFUSED: "the SAS words were refused: they differ, someone may be in the middle",
+    ErrorCode.CODE_CANCELLED: "the code was cancelled on the device that showed it",
     ErrorCode.UNKNOWN_PEER: "not a paired device",
     ErrorCode.IDENTITY_MISMATCH: "the peer is not the device that was expected",
     ErrorCode.DECRYPT_FAILED: "a sealed message failed authentication",
@@ -199,6 +209,10 @@ class CodeFormatError(QuicpairError, ValueError):
     """The pairing code or URI is not valid; check it and type it again."""
 
 
+class UsageError(QuicpairError, ValueError):
+    """The request cannot work as given; the message says what to give instead."""
+
+
 class IdentityError(QuicpairError):
     """The node's identity key cannot be used (missing, unreadable, or readable by others)."""
 
@@ -232,3 +246,7 @@ class NotAcknowledged(PeerUnreachable):
 
 class ConfigError(QuicpairError, ValueError):
     """A setting is invalid; the message names the setting and what is allowed."""
+
+
+class AddressInUse(ConfigError):
+    """Another program already uses this UDP port; stop it, or listen on another port."""

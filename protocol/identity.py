@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import errno
 import hashlib
 import os
 import stat
@@ -148,7 +149,7 @@ class Identity:
             serialization.NoEncryption(),
         )
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError as exc:
             raise IdentityError(f"identity file {path} already exists; not overwriting") from exc
         except OSError as exc:
@@ -161,32 +162,41 @@ class Identity:
 
     @classmethod
     def load(cls, path: Path) -> Identity:
-        """Read a key written by :meth:`save`; refuse files others can read."""
+        """Read a key written by :meth:`save`; refuse files others can read, and symlinks
+        (O_NOFOLLOW: whoever can write the home must not make us read another file)."""
         try:
-            st = os.stat(path)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError as exc:
             raise IdentityError(f"no identity file at {path}") from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise IdentityError(f"identity file {path} is a symbolic link; not following it") from exc
             raise IdentityError(f"cannot read identity file {path}: {exc.strerror}") from exc
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise IdentityError(
-                f"identity file {path} is accessible by other users "
-                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
-            )
         try:
-            data = Path(path).read_bytes()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IdentityError(f"identity file {path} is not a regular file")
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise IdentityError(
+                    f"identity file {path} is accessible by other users "
+                    f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+                )
+            with os.fdopen(os.dup(fd), "rb") as file:
+                data = file.read(64 * 1024)
             key = serialization.load_pem_private_key(data, password=None)
         except OSError as exc:
             raise IdentityError(f"cannot read identity file {path}: {exc.strerror}") from exc
         except (ValueError, TypeError) as exc:
             raise IdentityError(f"identity file {path} is not a valid private key") from exc
+        finally:
+            os.close(fd)
         if not isinstance(key, Ed25519PrivateKey):
             raise IdentityError(f"identity file {path} holds a key that is not Ed25519")
         return cls(key)
 
     @classmethod
     def load_or_create(cls, path: Path) -> Identity:
-        if Path(path).exists():
+        if os.path.lexists(path):  # a symlink too: load refuses it rather than writing through it
             return cls.load(path)
         identity = cls.generate()
         identity.save(path)

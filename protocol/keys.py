@@ -59,6 +59,7 @@ __all__ = [
     "key_id",
     "link_keys",
     "restart_notice_key",
+    "sas_confirmed_mac",
     "stateless_reset_key",
     "stateless_reset_token",
     "transcript_hash",
@@ -91,6 +92,8 @@ _PAIRING_SECRET = _label("pairing secret")
 _SAS = _label("sas")
 _DONE = _label("done")
 _COMMIT = _label("commit")
+_SAS_CONFIRMED_INITIATOR = _label("sas confirmed initiator")
+_SAS_CONFIRMED_JOINER = _label("sas confirmed joiner")
 _KEY_FINGERPRINT = _label("key fingerprint")
 _LINK_D2L = _label("link dialer to listener")
 _LINK_L2D = _label("link listener to dialer")
@@ -294,6 +297,12 @@ def done_mac(pairing_secret: bytes, pairing_id: bytes) -> bytes:
 def commit_mac(pairing_secret: bytes, pairing_id: bytes) -> bytes:
     """The initiator's commit decision (PairCommit); derived like :func:`done_mac`."""
     return _registry_mac(_COMMIT, pairing_secret, pairing_id)
+
+
+def sas_confirmed_mac(pairing_secret: bytes, pairing_id: bytes, role: Role) -> bytes:
+    """``role``'s PairSasConfirmed: its person confirmed the SAS of this pairing."""
+    label = _SAS_CONFIRMED_INITIATOR if role is Role.INITIATOR else _SAS_CONFIRMED_JOINER
+    return _registry_mac(label, pairing_secret, pairing_id)
 
 
 def key_fingerprint(key: bytes) -> str:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ALPN_LINK",
     "ALPN_PAIR",
+    "FLAG_VERIFY_SAS",
     "KEY_ID_SIZE",
     "MAC_SIZE",
     "MAX_ADDRESSES",
@@ -52,6 +53,7 @@ __all__ = [
     "PairRequest",
     "PairResolve",
     "PairResponse",
+    "PairSasConfirmed",
     "PairingMessage",
     "meta",
 ]
@@ -77,6 +79,9 @@ MAX_NAME_LEN = 128
 #: Leaves room for the frame, seal and msgpack overhead under the 64 KiB frame limit.
 MAX_APP_PAYLOAD = 60_000
 _MAX_SEALED = 65_000
+#: ``flags`` bit of PairChallenge and PairResponse: the sender's person will compare the
+#: SAS words before anything is stored, so both sides confirm them (PairSasConfirmed).
+FLAG_VERIFY_SAS = 0x1
 
 
 def meta(*, size: int | None = None, max: int | None = None, item_max: int | None = None) -> Any:
@@ -114,6 +119,9 @@ class PairChallenge:
     pake: bytes = meta(size=PAKE_MESSAGE_SIZE)
     #: HMAC proving the initiator derived the same key (label ``confirm initiator``).
     confirm: bytes = meta(size=MAC_SIZE)
+    #: Bit 0 (FLAG_VERIFY_SAS): the initiator asks that both people confirm the SAS.
+    #: Unknown bits are ignored.
+    flags: int = meta()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,21 @@ class PairResponse:
     confirm: bytes = meta(size=MAC_SIZE)
     #: DeviceInfo sealed with the joiner's send key, sequence 0.
     sealed: bytes = meta(max=_MAX_SEALED)
+    #: Bit 0 (FLAG_VERIFY_SAS): the joiner asks that both people confirm the SAS.
+    flags: int = meta()
+
+
+@dataclass(frozen=True, slots=True)
+class PairSasConfirmed:
+    """Either way, only when a side asked for it: the person here confirmed the SAS words.
+
+    Sent after key confirmation and before anything is stored; each side stores
+    the pairing only once its own person and the peer's have confirmed.
+    """
+
+    TAG: ClassVar[int] = 10
+    #: HMAC over the transcript (label ``sas confirmed initiator`` or ``... joiner``).
+    mac: bytes = meta(size=MAC_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +294,7 @@ PairingMessage = (
     | PairCommit
     | PairReject
     | PairResolve
+    | PairSasConfirmed
 )
 LinkInner = LinkAppData | LinkAddresses | LinkUnpair | LinkAck
 Message = PairingMessage | DeviceInfo | LinkHello | LinkSealed | LinkInner
@@ -286,6 +310,7 @@ MESSAGE_TYPES: dict[int, type[Any]] = {
         PairCommit,
         PairReject,
         PairResolve,
+        PairSasConfirmed,
         DeviceInfo,
         LinkHello,
         LinkSealed,

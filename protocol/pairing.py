@@ -19,6 +19,13 @@ joiner, ALPN ``quicpair/pair/1``; docs/PROTOCOL.md has the wire details)::
                                              <──        PairCommit(commit_mac)  (the decision)
       CommitRequested; actor CONFIRMS; FIN
 
+SAS verification (either side asks with FLAG_VERIFY_SAS in PairChallenge or
+PairResponse): after both key confirmations and before anything is stored,
+each machine emits SasCheckRequested and waits for its person
+(``sas_confirmed``/``sas_refused``) and for the peer's PairSasConfirmed;
+only then does the initiator emit PeerVerified (and the joiner wait for
+PairComplete). A refusal is PairReject(SAS_REFUSED): nothing stored anywhere.
+
 Why each guarantee holds (DESIGN.md, "What the pairing must guarantee"):
 
 * **Only the code gets in.** SPAKE2 makes the code a key; both sides prove
@@ -56,6 +63,7 @@ from __future__ import annotations
 
 from .pairing_events import (
     DEFAULT_STEP_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT,
     CommitRequested,
     Ending,
     Local,
@@ -68,6 +76,7 @@ from .pairing_events import (
     PeerVerified,
     ResolveAnswered,
     ResolveRequested,
+    SasCheckRequested,
 )
 from .pairing_initiator import INITIATOR_ENDINGS, INITIATOR_MOVES, Initiator, InitiatorState
 from .pairing_joiner import (
@@ -83,6 +92,7 @@ from .pairing_joiner import (
 
 __all__ = [
     "DEFAULT_STEP_TIMEOUT",
+    "DEFAULT_VERIFY_TIMEOUT",
     "INITIATOR_ENDINGS",
     "INITIATOR_MOVES",
     "JOINER_ENDINGS",
@@ -107,4 +117,5 @@ __all__ = [
     "ResolveRequested",
     "Resolver",
     "ResolverState",
+    "SasCheckRequested",
 ]

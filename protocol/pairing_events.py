@@ -7,6 +7,8 @@ What the actor must do for each event:
 ======================  ===================================================================
 event                   the actor...
 ======================  ===================================================================
+SasCheckRequested       shows the SAS words to the person, then calls ``sas_confirmed(now)``
+                        or ``sas_refused(now)`` (only when a side asked to verify the SAS)
 PeerVerified            stores the peer as PENDING durably, then calls ``pending_stored(now)``
 CommitRequested         marks the peer CONFIRMED durably, then calls ``committed(now)``
                         (initiator: ``commit_refused(now)`` if the registry refuses)
@@ -45,6 +47,7 @@ from .seal import CONTEXT_PAIR, Opener, Sealer
 
 __all__ = [
     "DEFAULT_STEP_TIMEOUT",
+    "DEFAULT_VERIFY_TIMEOUT",
     "CommitRequested",
     "Ending",
     "Local",
@@ -57,6 +60,8 @@ __all__ = [
     "PeerVerified",
     "ResolveAnswered",
     "ResolveRequested",
+    "SasCheckRequested",
+    "Target",
     "Trigger",
     "open_device_info",
     "seal_device_info",
@@ -68,6 +73,9 @@ __all__ = [
 #: covers a slow radio link and a loaded disk by orders of magnitude while a
 #: person still gets a prompt answer.
 DEFAULT_STEP_TIMEOUT = 10.0
+#: The deadline of the steps where a person compares the SAS words and answers: people
+#: read four words to each other and press a key, which takes seconds to a minute.
+DEFAULT_VERIFY_TIMEOUT = 120.0
 
 _MAX_REASON = 256  # PairReject.reason limit (protocol.messages)
 
@@ -83,6 +91,21 @@ class PeerVerified:
     peer_info: DeviceInfo
     #: Everything derived from the PAKE: pairing id, secret, SAS, session keys.
     keys: PairingKeys
+
+
+@dataclass(frozen=True, slots=True)
+class SasCheckRequested:
+    """Both sides proved the key; a side asked to verify the SAS: ask the person now.
+
+    Nothing is stored yet. The actor shows ``sas`` and calls ``sas_confirmed(now)``
+    when the person says the words match the other device's, ``sas_refused(now)``
+    when they do not (the pairing then fails on both sides with SAS_REFUSED).
+    """
+
+    #: The words both devices show; they match unless someone is in the middle.
+    sas: tuple[str, ...]
+    #: The peer's name when this side knows it already (the initiator), else "".
+    peer_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +178,8 @@ class PairingResolved:
 
 
 PairingEvent = (
-    PeerVerified
+    SasCheckRequested
+    | PeerVerified
     | CommitRequested
     | PairingSucceeded
     | PairingFailed
@@ -176,6 +200,8 @@ class Local(enum.Enum):
     COMMITTED = "committed"
     COMMIT_REFUSED = "commit_refused"
     ANSWER_RESOLVE = "answer_resolve"
+    SAS_CONFIRMED = "sas_confirmed"
+    SAS_REFUSED = "sas_refused"
     TIMEOUT = "timeout"
     ABORT = "abort"
     PEER_CLOSED = "peer_closed"
@@ -183,6 +209,8 @@ class Local(enum.Enum):
 
 #: A transition's trigger: a message class received from the peer, or a local call.
 Trigger = type[Any] | Local
+#: A move's target: one state, or the states its handler chooses among (it returns one).
+Target = Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +234,8 @@ class Ending:
 
 
 S = TypeVar("S", bound=enum.Enum)
-Handler = Callable[[Any, float], None]
+#: A handler returns None, or the state it chose when its move lists several.
+Handler = Callable[[Any, float], Any]
 
 
 def wire_code(value: int) -> ErrorCode:
@@ -231,7 +260,9 @@ class PairingMachine(Generic[S]):
     """Bytes and calls in, bytes and events out; subclasses bring the tables and handlers.
 
     ``moves`` maps ``(state, trigger)`` to the state entered when the
-    handler returns. A handler may instead end the machine (by raising a
+    handler returns, or to a tuple of states when the handler decides which
+    (it returns the one it chose). ``slow`` states (a person answers there)
+    get ``slow_timeout`` instead of ``step_timeout``. A handler may instead end the machine (by raising a
     :class:`~protocol.errors.ProtocolError` or ``errors.PairingFailed``, or by
     calling :meth:`_fail`/:meth:`_doubt`), as the source state's row in
     ``endings`` says. A state without a row in ``endings`` is final.
@@ -243,16 +274,18 @@ class PairingMachine(Generic[S]):
         role: Role,
         name: str,
         state: S,
-        moves: Mapping[tuple[S, Trigger], S],
+        moves: Mapping[tuple[S, Trigger], S | tuple[S, ...]],
         endings: Mapping[S, Ending],
         failed: S,
         in_doubt: S | None,
         handlers: Mapping[Trigger, Handler],
         now: float,
         step_timeout: float,
+        slow: frozenset[S] = frozenset(),
+        slow_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     ) -> None:
-        if not step_timeout > 0:
-            raise ValueError("step_timeout must be positive")
+        if not step_timeout > 0 or not slow_timeout > 0:
+            raise ValueError("step_timeout and slow_timeout must be positive")
         self.role = role
         self._name = name
         self._state = state
@@ -262,6 +295,8 @@ class PairingMachine(Generic[S]):
         self._in_doubt_state = in_doubt
         self._handlers = handlers
         self._step_timeout = step_timeout
+        self._slow = slow
+        self._slow_timeout = slow_timeout
         self._deadline: float | None = now + step_timeout
         self._decoder = FrameDecoder()
         self._outgoing = bytearray()
@@ -383,11 +418,14 @@ class PairingMachine(Generic[S]):
             return
         before = self._state
         try:
-            self._handlers[trigger](payload, now)
+            chosen = self._handlers[trigger](payload, now)
         except (ProtocolError, errors.PairingFailed) as exc:
             self._end_by_error(exc)
             return
         if self._state is before:
+            if isinstance(target, tuple):
+                assert chosen in target, f"{self._describe(trigger)} chose {chosen!r}, not one of {target}"
+                target = chosen
             self._enter(target, now)
 
     def _end_generically(self, trigger: Trigger, payload: Any) -> None:
@@ -411,7 +449,8 @@ class PairingMachine(Generic[S]):
 
     def _enter(self, state: S, now: float) -> None:
         self._state = state
-        self._deadline = None if self.is_finished else now + self._step_timeout
+        timeout = self._slow_timeout if state in self._slow else self._step_timeout
+        self._deadline = None if self.is_finished else now + timeout
 
     def _end_by_error(self, exc: ProtocolError | errors.PairingFailed) -> None:
         remote = isinstance(exc, errors.PairingFailed) and exc.remote

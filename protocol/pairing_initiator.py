@@ -9,6 +9,10 @@ failure means in each non-final state)::
 
     S0_await_request --PairRequest/claim code, PairChallenge--> S1_challenge_sent
     S1_challenge_sent --PairResponse/confirm ok, PeerVerified--> S2_storing_pending
+        (or, when either side asked to verify the SAS, SasCheckRequested--> S1a_sas_check:
+         S1a --sas_confirmed()/PairSasConfirmed--> S1b_sas_ok_here --PairSasConfirmed--> S2
+         S1a --PairSasConfirmed--> S1c_sas_ok_there --sas_confirmed()/PairSasConfirmed--> S2
+         S1a, S1c --sas_refused()/PairReject(SAS_REFUSED)--> S_failed)
     S2_storing_pending --pending_stored()/PairComplete--> S3_complete_sent
     S3_complete_sent --PairDone/mac ok, consume code, CommitRequested--> S4_committing
     S4_committing --committed()/PairCommit, PairingSucceeded--> S5_succeeded
@@ -35,8 +39,18 @@ from .codebook import CodeClaims
 from .errors import ErrorCode, RemoteProtocolError
 from .framing import encode_body
 from .identity import NodeId
-from .keys import PairingKeys, Role, commit_mac, derive_pairing_keys, done_mac, transcript_hash, verify_mac
+from .keys import (
+    PairingKeys,
+    Role,
+    commit_mac,
+    derive_pairing_keys,
+    done_mac,
+    sas_confirmed_mac,
+    transcript_hash,
+    verify_mac,
+)
 from .messages import (
+    FLAG_VERIFY_SAS,
     PROTOCOL_VERSION,
     DeviceInfo,
     PairChallenge,
@@ -47,9 +61,11 @@ from .messages import (
     PairRequest,
     PairResolve,
     PairResponse,
+    PairSasConfirmed,
 )
 from .pairing_events import (
     DEFAULT_STEP_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT,
     CommitRequested,
     Ending,
     Local,
@@ -58,6 +74,8 @@ from .pairing_events import (
     PeerVerified,
     ResolveAnswered,
     ResolveRequested,
+    SasCheckRequested,
+    Target,
     Trigger,
     open_device_info,
     seal_device_info,
@@ -72,6 +90,9 @@ class InitiatorState(enum.Enum):
 
     S0_await_request = "S0_await_request"
     S1_challenge_sent = "S1_challenge_sent"
+    S1a_sas_check = "S1a_sas_check"
+    S1b_sas_ok_here = "S1b_sas_ok_here"
+    S1c_sas_ok_there = "S1c_sas_ok_there"
     S2_storing_pending = "S2_storing_pending"
     S3_complete_sent = "S3_complete_sent"
     S4_committing = "S4_committing"
@@ -83,10 +104,17 @@ class InitiatorState(enum.Enum):
 
 _S = InitiatorState
 
-#: The only legal moves: (state, trigger) -> the state entered when the step succeeds.
-INITIATOR_MOVES: Final[dict[tuple[InitiatorState, Trigger], InitiatorState]] = {
+#: The only legal moves: (state, trigger) -> the state entered when the step succeeds
+#: (a tuple: the handler chooses; PairResponse leads to the SAS check when asked for).
+INITIATOR_MOVES: Final[dict[tuple[InitiatorState, Trigger], Target]] = {
     (_S.S0_await_request, PairRequest): _S.S1_challenge_sent,
-    (_S.S1_challenge_sent, PairResponse): _S.S2_storing_pending,
+    (_S.S1_challenge_sent, PairResponse): (_S.S2_storing_pending, _S.S1a_sas_check),
+    (_S.S1a_sas_check, Local.SAS_CONFIRMED): _S.S1b_sas_ok_here,
+    (_S.S1a_sas_check, PairSasConfirmed): _S.S1c_sas_ok_there,
+    (_S.S1a_sas_check, Local.SAS_REFUSED): _S.S_failed,
+    (_S.S1b_sas_ok_here, PairSasConfirmed): _S.S2_storing_pending,
+    (_S.S1c_sas_ok_there, Local.SAS_CONFIRMED): _S.S2_storing_pending,
+    (_S.S1c_sas_ok_there, Local.SAS_REFUSED): _S.S_failed,
     (_S.S2_storing_pending, Local.PENDING_STORED): _S.S3_complete_sent,
     (_S.S3_complete_sent, PairDone): _S.S4_committing,
     (_S.S4_committing, Local.COMMITTED): _S.S5_succeeded,
@@ -99,6 +127,10 @@ INITIATOR_MOVES: Final[dict[tuple[InitiatorState, Trigger], InitiatorState]] = {
 INITIATOR_ENDINGS: Final[dict[InitiatorState, Ending]] = {
     _S.S0_await_request: Ending(),
     _S.S1_challenge_sent: Ending(),
+    # Nothing is stored while people compare the words: failing here keeps nothing.
+    _S.S1a_sas_check: Ending(),
+    _S.S1b_sas_ok_here: Ending(),
+    _S.S1c_sas_ok_there: Ending(),
     _S.S2_storing_pending: Ending(pending=True),
     # The joiner may have voted already: what it must hear is "aborted".
     _S.S3_complete_sent: Ending(pending=True, timeout_reject=ErrorCode.ABORTED),
@@ -115,7 +147,8 @@ class Initiator(PairingMachine[InitiatorState]):
 
     ``local`` is this node's NodeId, ``peer`` the joiner's as seen in the
     TLS handshake; ``codebook`` hands out the codes (claim, release, consume);
-    ``device_info`` is what the joiner learns about us.
+    ``device_info`` is what the joiner learns about us. ``verify(nameplate)``
+    says whether the person who opened that code asked to confirm the SAS.
     """
 
     def __init__(
@@ -128,6 +161,8 @@ class Initiator(PairingMachine[InitiatorState]):
         now: float,
         rand: Callable[[int], bytes],
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
+        verify: Callable[[int], bool] = lambda _nameplate: False,
+        verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     ) -> None:
         if local == peer:
             raise ValueError("the joiner's NodeId is our own: a node cannot pair with itself")
@@ -148,10 +183,17 @@ class Initiator(PairingMachine[InitiatorState]):
                 Local.COMMIT_REFUSED: self._on_commit_refused,
                 PairResolve: self._on_resolve,
                 Local.ANSWER_RESOLVE: self._on_answer_resolve,
+                Local.SAS_CONFIRMED: self._on_sas_confirmed,
+                Local.SAS_REFUSED: self._on_sas_refused,
+                PairSasConfirmed: self._on_peer_sas_confirmed,
             },
             now=now,
             step_timeout=step_timeout,
+            slow=frozenset({_S.S1a_sas_check, _S.S1b_sas_ok_here, _S.S1c_sas_ok_there}),
+            slow_timeout=verify_timeout,
         )
+        self._verify = verify
+        self._verify_here = False
         self._local_id = local
         self._peer_id = peer
         self._codebook = codebook
@@ -181,6 +223,14 @@ class Initiator(PairingMachine[InitiatorState]):
         told ``ABORTED`` at once instead of having to resolve.
         """
         self._local(Local.COMMIT_REFUSED, None, now)
+
+    def sas_confirmed(self, now: float) -> None:
+        """The person here says the SAS words match the other device's."""
+        self._local(Local.SAS_CONFIRMED, None, now)
+
+    def sas_refused(self, now: float) -> None:
+        """The person here says the SAS words differ: fail with SAS_REFUSED on both sides."""
+        self._local(Local.SAS_REFUSED, None, now)
 
     def answer_resolve(self, committed: bool, pairing_secret: bytes | None, now: float) -> None:
         """Answer a ResolveRequested from the registry.
@@ -222,16 +272,43 @@ class Initiator(PairingMachine[InitiatorState]):
             pake_joiner=request.pake,
         )
         self._keys = derive_pairing_keys(key, pairing_id)
-        self._send(PairChallenge(pake=pake_initiator, confirm=self._keys.confirm_initiator))
+        self._verify_here = self._verify(request.nameplate)
+        flags = FLAG_VERIFY_SAS if self._verify_here else 0
+        self._send(PairChallenge(pake=pake_initiator, confirm=self._keys.confirm_initiator, flags=flags))
 
-    def _on_response(self, response: PairResponse, now: float) -> None:
+    def _on_response(self, response: PairResponse, now: float) -> InitiatorState:
         keys = self._pairing_keys()
         if not verify_mac(keys.confirm_joiner, response.confirm):
             raise errors.PairingFailed(
                 ErrorCode.WRONG_CODE, "the joiner's key confirmation does not match: wrong code, or a relay"
             )
         self._peer_info = open_device_info(keys.joiner_to_initiator, response.sealed)
+        if self._verify_here or response.flags & FLAG_VERIFY_SAS:
+            self._emit(SasCheckRequested(sas=keys.sas, peer_name=self._peer_info.name))
+            return _S.S1a_sas_check
         self._emit(PeerVerified(peer_info=self._peer_info, keys=keys))
+        return _S.S2_storing_pending
+
+    def _on_sas_confirmed(self, _payload: None, now: float) -> None:
+        keys = self._pairing_keys()
+        self._send(PairSasConfirmed(mac=sas_confirmed_mac(keys.pairing_secret, keys.pairing_id, self.role)))
+        if self._state is _S.S1c_sas_ok_there:
+            self._peer_verified()
+
+    def _on_peer_sas_confirmed(self, confirmed: PairSasConfirmed, now: float) -> None:
+        keys = self._pairing_keys()
+        expected = sas_confirmed_mac(keys.pairing_secret, keys.pairing_id, Role.JOINER)
+        if not verify_mac(expected, confirmed.mac):
+            raise RemoteProtocolError(ErrorCode.PROTOCOL_VIOLATION, "PairSasConfirmed's MAC does not fit")
+        if self._state is _S.S1b_sas_ok_here:
+            self._peer_verified()
+
+    def _on_sas_refused(self, _payload: None, now: float) -> None:
+        raise errors.PairingFailed(ErrorCode.SAS_REFUSED, "the person here refused the SAS words")
+
+    def _peer_verified(self) -> None:
+        assert self._peer_info is not None
+        self._emit(PeerVerified(peer_info=self._peer_info, keys=self._pairing_keys()))
 
     def _on_pending_stored(self, _payload: None, now: float) -> None:
         keys = self._pairing_keys()

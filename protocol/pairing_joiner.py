@@ -8,6 +8,10 @@ and a :class:`Resolver` later asks the initiator on a new pairing connection.
 Joiner states (:data:`JOINER_MOVES`; :data:`JOINER_ENDINGS` for failures)::
 
     S0_request_sent --PairChallenge/confirm ok, PairResponse--> S1_response_sent
+        (or, when either side asked to verify the SAS, SasCheckRequested--> S1a_sas_check:
+         S1a --sas_confirmed()/PairSasConfirmed--> S1b_sas_ok_here --PairSasConfirmed--> S1
+         S1a --PairSasConfirmed--> S1c_sas_ok_there --sas_confirmed()/PairSasConfirmed--> S1
+         S1a, S1c --sas_refused()/PairReject(SAS_REFUSED)--> S_failed)
     S1_response_sent --PairComplete/box opens, PeerVerified--> S2_storing_pending
     S2_storing_pending --pending_stored()/PairDone (the vote)--> S3_done_sent
     S3_done_sent --PairCommit/mac ok, CommitRequested--> S4_committing
@@ -33,8 +37,18 @@ from .codes import PairingCode
 from .errors import ErrorCode, RemoteProtocolError
 from .framing import encode_body
 from .identity import NodeId
-from .keys import PairingKeys, Role, commit_mac, derive_pairing_keys, done_mac, transcript_hash, verify_mac
+from .keys import (
+    PairingKeys,
+    Role,
+    commit_mac,
+    derive_pairing_keys,
+    done_mac,
+    sas_confirmed_mac,
+    transcript_hash,
+    verify_mac,
+)
 from .messages import (
+    FLAG_VERIFY_SAS,
     MAC_SIZE,
     PROTOCOL_VERSION,
     DeviceInfo,
@@ -46,9 +60,11 @@ from .messages import (
     PairRequest,
     PairResolve,
     PairResponse,
+    PairSasConfirmed,
 )
 from .pairing_events import (
     DEFAULT_STEP_TIMEOUT,
+    DEFAULT_VERIFY_TIMEOUT,
     CommitRequested,
     Ending,
     Local,
@@ -56,6 +72,8 @@ from .pairing_events import (
     PairingResolved,
     PairingSucceeded,
     PeerVerified,
+    SasCheckRequested,
+    Target,
     Trigger,
     open_device_info,
     seal_device_info,
@@ -79,6 +97,9 @@ class JoinerState(enum.Enum):
     """Where a joiner is."""
 
     S0_request_sent = "S0_request_sent"
+    S1a_sas_check = "S1a_sas_check"
+    S1b_sas_ok_here = "S1b_sas_ok_here"
+    S1c_sas_ok_there = "S1c_sas_ok_there"
     S1_response_sent = "S1_response_sent"
     S2_storing_pending = "S2_storing_pending"
     S3_done_sent = "S3_done_sent"
@@ -90,9 +111,16 @@ class JoinerState(enum.Enum):
 
 _J = JoinerState
 
-#: The only legal moves: (state, trigger) -> the state entered when the step succeeds.
-JOINER_MOVES: Final[dict[tuple[JoinerState, Trigger], JoinerState]] = {
-    (_J.S0_request_sent, PairChallenge): _J.S1_response_sent,
+#: The only legal moves: (state, trigger) -> the state entered when the step succeeds
+#: (a tuple: the handler chooses; PairChallenge leads to the SAS check when asked for).
+JOINER_MOVES: Final[dict[tuple[JoinerState, Trigger], Target]] = {
+    (_J.S0_request_sent, PairChallenge): (_J.S1_response_sent, _J.S1a_sas_check),
+    (_J.S1a_sas_check, Local.SAS_CONFIRMED): _J.S1b_sas_ok_here,
+    (_J.S1a_sas_check, PairSasConfirmed): _J.S1c_sas_ok_there,
+    (_J.S1a_sas_check, Local.SAS_REFUSED): _J.S_failed,
+    (_J.S1b_sas_ok_here, PairSasConfirmed): _J.S1_response_sent,
+    (_J.S1c_sas_ok_there, Local.SAS_CONFIRMED): _J.S1_response_sent,
+    (_J.S1c_sas_ok_there, Local.SAS_REFUSED): _J.S_failed,
     (_J.S1_response_sent, PairComplete): _J.S2_storing_pending,
     (_J.S2_storing_pending, Local.PENDING_STORED): _J.S3_done_sent,
     (_J.S3_done_sent, PairCommit): _J.S4_committing,
@@ -104,6 +132,9 @@ JOINER_MOVES: Final[dict[tuple[JoinerState, Trigger], JoinerState]] = {
 #: joiner in doubt, and it says nothing the initiator could mistake for one.
 JOINER_ENDINGS: Final[dict[JoinerState, Ending]] = {
     _J.S0_request_sent: Ending(),
+    _J.S1a_sas_check: Ending(),
+    _J.S1b_sas_ok_here: Ending(),
+    _J.S1c_sas_ok_there: Ending(),
     _J.S1_response_sent: Ending(),
     _J.S2_storing_pending: Ending(pending=True),
     _J.S3_done_sent: Ending(pending=True, in_doubt=True, tell_peer=False),
@@ -119,8 +150,8 @@ class Joiner(PairingMachine[JoinerState]):
 
     ``local`` is this node's NodeId, ``peer`` the initiator's as seen in the
     TLS handshake (pinned by the transport when the code came with a URI);
-    ``code`` is the parsed code. The PairRequest is in :meth:`data_to_send`
-    as soon as the machine exists.
+    ``code`` is the parsed code; ``verify``: the person here asks to confirm the
+    SAS. The PairRequest is in :meth:`data_to_send` as soon as the machine exists.
     """
 
     def __init__(
@@ -133,6 +164,8 @@ class Joiner(PairingMachine[JoinerState]):
         now: float,
         rand: Callable[[int], bytes],
         step_timeout: float = DEFAULT_STEP_TIMEOUT,
+        verify: bool = False,
+        verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
     ) -> None:
         if local == peer:
             raise ValueError("the initiator's NodeId is our own: a node cannot pair with itself")
@@ -150,10 +183,16 @@ class Joiner(PairingMachine[JoinerState]):
                 Local.PENDING_STORED: self._on_pending_stored,
                 PairCommit: self._on_commit,
                 Local.COMMITTED: self._on_committed,
+                Local.SAS_CONFIRMED: self._on_sas_confirmed,
+                Local.SAS_REFUSED: self._on_sas_refused,
+                PairSasConfirmed: self._on_peer_sas_confirmed,
             },
             now=now,
             step_timeout=step_timeout,
+            slow=frozenset({_J.S1a_sas_check, _J.S1b_sas_ok_here, _J.S1c_sas_ok_there}),
+            slow_timeout=verify_timeout,
         )
+        self._verify = verify
         self._local_id = local
         self._peer_id = peer
         self._nameplate = code.nameplate
@@ -174,6 +213,14 @@ class Joiner(PairingMachine[JoinerState]):
         """The initiator is durably CONFIRMED: the pairing succeeded (the actor then sends FIN)."""
         self._local(Local.COMMITTED, None, now)
 
+    def sas_confirmed(self, now: float) -> None:
+        """The person here says the SAS words match the other device's."""
+        self._local(Local.SAS_CONFIRMED, None, now)
+
+    def sas_refused(self, now: float) -> None:
+        """The person here says the SAS words differ: fail with SAS_REFUSED on both sides."""
+        self._local(Local.SAS_REFUSED, None, now)
+
     @property
     def pairing_id(self) -> bytes | None:
         """The transcript hash once the PAKE ran."""
@@ -181,7 +228,7 @@ class Joiner(PairingMachine[JoinerState]):
 
     # -- handlers: one per trigger of JOINER_MOVES --------------------------------
 
-    def _on_challenge(self, challenge: PairChallenge, now: float) -> None:
+    def _on_challenge(self, challenge: PairChallenge, now: float) -> JoinerState:
         key = self._pake.finish(challenge.pake)
         pairing_id = transcript_hash(
             version=PROTOCOL_VERSION,
@@ -198,7 +245,25 @@ class Joiner(PairingMachine[JoinerState]):
             )
         self._keys = keys
         box = seal_device_info(keys.joiner_to_initiator, self._info_plaintext)
-        self._send(PairResponse(confirm=keys.confirm_joiner, sealed=box))
+        flags = FLAG_VERIFY_SAS if self._verify else 0
+        self._send(PairResponse(confirm=keys.confirm_joiner, sealed=box, flags=flags))
+        if self._verify or challenge.flags & FLAG_VERIFY_SAS:
+            self._emit(SasCheckRequested(sas=keys.sas))
+            return _J.S1a_sas_check
+        return _J.S1_response_sent
+
+    def _on_sas_confirmed(self, _payload: None, now: float) -> None:
+        keys = self._pairing_keys()
+        self._send(PairSasConfirmed(mac=sas_confirmed_mac(keys.pairing_secret, keys.pairing_id, self.role)))
+
+    def _on_peer_sas_confirmed(self, confirmed: PairSasConfirmed, now: float) -> None:
+        keys = self._pairing_keys()
+        expected = sas_confirmed_mac(keys.pairing_secret, keys.pairing_id, Role.INITIATOR)
+        if not verify_mac(expected, confirmed.mac):
+            raise RemoteProtocolError(ErrorCode.PROTOCOL_VIOLATION, "PairSasConfirmed's MAC does not fit")
+
+    def _on_sas_refused(self, _payload: None, now: float) -> None:
+        raise errors.PairingFailed(ErrorCode.SAS_REFUSED, "the person here refused the SAS words")
 
     def _on_complete(self, complete: PairComplete, now: float) -> None:
         keys = self._pairing_keys()
@@ -240,7 +305,7 @@ class ResolverState(enum.Enum):
 _R = ResolverState
 
 #: The only legal moves. A PairReject other than ABORTED leaves the pairing in doubt.
-RESOLVER_MOVES: Final[dict[tuple[ResolverState, Trigger], ResolverState]] = {
+RESOLVER_MOVES: Final[dict[tuple[ResolverState, Trigger], Target]] = {
     (_R.R0_resolve_sent, PairCommit): _R.R1_resolved,
     (_R.R0_resolve_sent, PairReject): _R.R1_resolved,
 }

@@ -70,8 +70,46 @@ def test_cancelled_code_is_refused(tmp_path: Path) -> None:
         assert offer.cancel()
         with pytest.raises(PairingFailed) as info:
             bob.join(offer.uri, timeout=15)
-        assert info.value.code is ErrorCode.CODE_USED_UP
+        assert info.value.code is ErrorCode.CODE_CANCELLED
         assert bob.devices(include_pending=True) == [] and alice.devices(include_pending=True) == []
+
+
+def test_sas_verified_by_both_people_through_the_api(tmp_path: Path) -> None:
+    with Node(tmp_path / "a", settings("a")) as alice, Node(tmp_path / "b", settings("b")) as bob:
+        offer = alice.pair(verify=True)
+        seen: dict[str, tuple[str, ...]] = {}
+
+        def alice_says_yes() -> object:
+            return offer.wait(
+                timeout=15, confirm=lambda check: bool(seen.setdefault("alice", check.sas)) or True
+            )
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            offered = pool.submit(alice_says_yes)
+            joined = bob.join(
+                offer.uri, timeout=15, confirm=lambda check: bool(seen.setdefault("bob", check.sas))
+            )
+            device = offered.result(15)
+        assert seen["alice"] == seen["bob"] == joined.sas == device.sas  # type: ignore[attr-defined]
+        # The words are stored with the pairing, on both sides.
+        assert [d.sas for d in alice.devices()] == [joined.sas] == [d.sas for d in bob.devices()]
+
+
+@pytest.mark.parametrize("refuser", ["alice", "bob"])
+def test_a_refused_sas_stores_nothing_on_either_side(tmp_path: Path, refuser: str) -> None:
+    with Node(tmp_path / "a", settings("a")) as alice, Node(tmp_path / "b", settings("b")) as bob:
+        offer = alice.pair()  # Bob asks for the check; Alice is asked too
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            offered = pool.submit(offer.wait, 15, confirm=lambda _check: refuser != "alice")
+            with pytest.raises(PairingFailed) as joined:
+                bob.join(offer.uri, timeout=15, verify=True, confirm=lambda _check: refuser != "bob")
+            with pytest.raises(PairingFailed) as shown:
+                offered.result(15)
+        assert joined.value.code is shown.value.code is ErrorCode.SAS_REFUSED
+        assert alice.devices(include_pending=True) == [] and bob.devices(include_pending=True) == []
+        with pytest.raises(PairingFailed) as again:  # the code is cancelled: it may be known to others
+            bob.join(offer.uri, timeout=15)
+        assert again.value.code is ErrorCode.CODE_CANCELLED
 
 
 def test_stop_releases_the_port(tmp_path: Path) -> None:

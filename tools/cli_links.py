@@ -27,31 +27,46 @@ import binascii
 import contextlib
 import json
 import math
+import os
 import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from quicpair.actors.node import SEND_TIMEOUT, UNPAIR_TIMEOUT
 from quicpair.protocol.errors import QuicpairError
-from quicpair.protocol.identity import NodeId
-from quicpair.protocol.messages import MAX_APP_PAYLOAD
 
-from .daemon import CALL_WAIT, MAX_REQUEST_LINE, ControlClient, DaemonError
+from .client import CALL_WAIT, MAX_REQUEST_LINE, ControlClient, DaemonError, NoDaemon
 
 __all__ = [
+    "EXIT_NOTHING_RECEIVED",
     "FOLLOW_POLL",
+    "SEND_TIMEOUT",
+    "UNPAIR_TIMEOUT",
     "CommandAdder",
     "MessageError",
     "UnknownPeer",
     "add_link_commands",
+    "peer_completer",
     "printable",
     "resolve_peer",
 ]
+
+# These commands only talk to the daemon, so this module imports no node, crypto or
+# QUIC code (tools/cli.py's import rule); the node's own defaults are repeated here and
+# tests/tools/test_cli.py checks they agree with actors/node.py and protocol/messages.py.
+#: Node.send's default wait for a link that is down.
+SEND_TIMEOUT = 10.0
+#: Node.unpair's default wait for the peer's acknowledgement.
+UNPAIR_TIMEOUT = 5.0
+#: protocol/messages.py MAX_APP_PAYLOAD.
+MAX_APP_PAYLOAD = 60_000
+#: ``receive`` got nothing (tools/cli.py documents the exit statuses).
+EXIT_NOTHING_RECEIVED = 11
 
 #: How long one ``messages`` request of ``receive`` waits on the daemon. Ctrl-C is
 #: deferred until the request in flight has answered, because the daemon hands it
@@ -60,6 +75,8 @@ __all__ = [
 FOLLOW_POLL = 0.5
 #: A fingerprint as NodeId.fingerprint writes it: two groups of four base32 characters.
 _FINGERPRINT = re.compile(r"[a-z2-7]{4}-[a-z2-7]{4}")
+#: A NodeId's text form: 52 lowercase base32 characters (protocol/identity.py).
+_NODE_ID = re.compile(r"[a-z2-7]{52}")
 #: Room in a control request line for everything but the payload (op, id, NodeId, timeout).
 _REQUEST_OVERHEAD = 256
 
@@ -104,15 +121,11 @@ def resolve_peer(devices: Sequence[dict[str, Any]], peer: str) -> dict[str, Any]
     device calls itself, so an ambiguous PEER is refused, never guessed.
     """
     wanted = peer.strip()
-    try:
-        node_id: NodeId | None = NodeId.from_text(wanted)
-    except ValueError:
-        node_id = None
-    if node_id is not None:
+    if _NODE_ID.fullmatch(wanted.lower()):
         for device in devices:
-            if device["node_id"] == node_id.text:
+            if device["node_id"] == wanted.lower():
                 return device
-        raise UnknownPeer(f"no paired device has the NodeId {node_id.text}; `quicpair devices` lists them")
+        raise UnknownPeer(f"no paired device has the NodeId {wanted.lower()}; `quicpair devices` lists them")
     if _FINGERPRINT.fullmatch(wanted.lower()):
         found = [d for d in devices if d["fingerprint"] == wanted.lower()]
         if len(found) > 1:
@@ -136,6 +149,23 @@ def resolve_peer(devices: Sequence[dict[str, Any]], peer: str) -> dict[str, Any]
             f"no paired device has the {kind} {printable(wanted)!r}; `quicpair devices` lists them"
         )
     return found[0]
+
+
+def peer_completer(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """Shell completion of PEER (argcomplete): the names and fingerprints the daemon knows."""
+    home = getattr(parsed_args, "home", None) or os.environ.get("QUICPAIR_HOME") or "~/.quicpair"
+    try:
+        client = ControlClient(Path(os.path.expanduser(home)))
+    except NoDaemon:
+        return []
+    try:
+        devices = client.call("devices", wait=2.0)
+    except QuicpairError:
+        return []
+    finally:
+        client.close()
+    found = [d["name"] for d in devices] + [d["fingerprint"] for d in devices]
+    return [text for text in found if text.startswith(prefix)]
 
 
 def _label(device: dict[str, Any]) -> str:
@@ -200,6 +230,10 @@ def cmd_links(args: argparse.Namespace) -> int:
     with _daemon(args) as node:
         names = _Names(node)
         links = [{**link, "name": names(link["node_id"])} for link in node.call("links")]
+    if args.json:
+        for link in links:
+            print(json.dumps(link, sort_keys=True), flush=True)
+        return 0
     rows = [("FINGERPRINT", "NAME", "ROLE", "STATE", "CONNECTION", "REMOTE")] + [
         (
             k["fingerprint"],
@@ -327,6 +361,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
     default = math.inf if args.follow else 0.0
     limit: float = args.timeout if args.timeout is not None else default
     deadline = time.monotonic() + limit
+    received = 0
     with _daemon(args) as node, _deferred_interrupt() as interrupted:
         names = _Names(node)
         while True:
@@ -334,14 +369,23 @@ def cmd_receive(args: argparse.Namespace) -> int:
             batch = node.call("messages", timeout=chunk, wait=chunk + CALL_WAIT)
             for message in batch:
                 _print_message(args, message, names(message["node_id"]))
+            received += len(batch)
             if interrupted.is_set():
                 raise KeyboardInterrupt  # after printing what the daemon handed us: nothing lost
             if (batch and not args.follow) or time.monotonic() >= deadline:
-                return 0
+                break
+    if received:
+        return 0
+    waited = f"within {limit:g} s" if limit else "queued"
+    if args.json:
+        print(json.dumps({"received": 0, "waited": limit if limit != math.inf else None}), flush=True)
+    else:
+        print(f"quicpair: no message {waited}", file=sys.stderr, flush=True)
+    return EXIT_NOTHING_RECEIVED
 
 
 def _print_message(args: argparse.Namespace, message: dict[str, Any], name: str) -> None:
-    fingerprint = NodeId.from_text(message["node_id"]).fingerprint
+    fingerprint = message["fingerprint"]
     if message["text"] is not None:
         shown = printable(message["text"])
     else:
@@ -382,7 +426,8 @@ def add_link_commands(command: CommandAdder, seconds: Callable[[str], float]) ->
     """Add links, send, receive and unpair; ``seconds`` parses a --timeout value."""
     command("links", cmd_links, "show each paired device's link: role, state, connection, remote address")
     p = command("send", cmd_send, "send a message to a paired device over the link")
-    p.add_argument("peer", metavar="PEER", help=_PEER_HELP)
+    peer = p.add_argument("peer", metavar="PEER", help=_PEER_HELP)
+    peer.completer = peer_completer  # type: ignore[attr-defined]
     p.add_argument(
         "message",
         metavar="MESSAGE",
@@ -403,7 +448,11 @@ def add_link_commands(command: CommandAdder, seconds: Callable[[str], float]) ->
         help="queue it durably instead: kept (across restarts) until the device acknowledges it",
     )
     command("outbox", cmd_outbox, "list the queued messages (send --queue) still waiting for their device")
-    p = command("receive", cmd_receive, "print the messages paired devices sent (what is queued now)")
+    p = command(
+        "receive",
+        cmd_receive,
+        f"print the messages paired devices sent (what is queued now); exit {EXIT_NOTHING_RECEIVED} if none",
+    )
     p.add_argument(
         "--follow", action="store_true", help="keep printing messages as they arrive, until Ctrl-C"
     )
@@ -414,7 +463,8 @@ def add_link_commands(command: CommandAdder, seconds: Callable[[str], float]) ->
         help="wait up to S seconds for a first message; with --follow, stop after S seconds",
     )
     p = command("unpair", cmd_unpair, "remove a paired device, and tell it (now, or at the next contact)")
-    p.add_argument("peer", metavar="PEER", help=_PEER_HELP)
+    peer = p.add_argument("peer", metavar="PEER", help=_PEER_HELP)
+    peer.completer = peer_completer  # type: ignore[attr-defined]
     p.add_argument(
         "--timeout",
         type=seconds,

@@ -5,6 +5,12 @@ One reply per request, in any order (long operations run concurrently):
 ``{"id": 7, "ok": true, "result": {...}}`` or ``{"id": 7, "ok": false,
 "error": {"type": "PairingFailed", "code": "WRONG_CODE", "message": "..."}}``.
 
+When a side asked to verify the SAS, ``wait_offer``, ``join`` and ``join_wait``
+answer ``{"sas_check": {"session": ..., "sas": [...], "node_id": ..., "name": ...}}``
+instead of the device: show the words, send ``confirm`` (``accept`` true or false),
+then wait again. ``join_start`` returns at once with the session; ``join_wait``
+answers ``{"pending": true, "progress": "dialing ..."}`` while nothing happened yet.
+
 The same protocol serves the test harness and the demo over stdin/stdout
 (tools/nodehost.py) and the command line over the daemon's Unix socket
 (tools/daemon.py). Errors are reported, never raised: a bad request gets a
@@ -15,14 +21,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import concurrent.futures
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from quicpair.actors.node import Node
-from quicpair.actors.pairing.device import PairingOffer
+from quicpair.actors.pairing.device import Device, Joining, PairingOffer, SasCheck
+from quicpair.protocol.errors import ErrorCode, ProtocolError, QuicpairError
 from quicpair.protocol.errors import PairingFailed as PairingFailedError
-from quicpair.protocol.errors import ProtocolError, QuicpairError
 from quicpair.protocol.identity import NodeId
 
 __all__ = ["OPS", "Controller", "decode_request", "error_reply"]
@@ -30,10 +38,15 @@ __all__ = ["OPS", "Controller", "decode_request", "error_reply"]
 #: Operation name -> the request fields it takes (all optional unless listed in REQUIRED).
 OPS: dict[str, tuple[str, ...]] = {
     "info": (),
-    "pair": (),
+    "pair": ("verify",),
     "wait_offer": ("nameplate", "timeout"),
     "cancel_offer": ("nameplate",),
-    "join": ("code", "address", "timeout"),
+    "join": ("code", "address", "timeout", "verify"),
+    "join_start": ("code", "address", "verify"),
+    "join_wait": ("session", "timeout"),
+    "join_cancel": ("session",),
+    "confirm": ("session", "accept"),
+    "address": ("node_id", "action", "address"),
     "devices": ("include_pending",),
     "device": ("node_id",),
     "counters": (),
@@ -48,6 +61,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "wait_offer": ("nameplate",),
     "cancel_offer": ("nameplate",),
     "join": ("code",),
+    "join_start": ("code",),
+    "join_wait": ("session",),
+    "join_cancel": ("session",),
+    "confirm": ("session", "accept"),
+    "address": ("node_id", "action", "address"),
     "device": ("node_id",),
     "send": ("node_id", "payload"),
     "unpair": ("node_id",),
@@ -62,6 +80,10 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "payload": str,
     "base64": bool,
     "queue": bool,
+    "verify": bool,
+    "session": str,
+    "accept": bool,
+    "action": str,
 }
 #: Longest wait a request may ask for (a typo of 3600 for 3.6 must not wedge a worker thread).
 MAX_TIMEOUT = 600.0
@@ -117,6 +139,9 @@ class Controller:
         self.node = node
         self._on_stop = on_stop
         self._offers: dict[int, PairingOffer] = {}
+        self._joins: dict[str, Joining] = {}
+        self._checks: dict[str, SasCheck] = {}
+        self._lock = threading.Lock()
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         request_id = request.get("id")
@@ -142,8 +167,8 @@ class Controller:
             "addresses": node.addresses,
         }
 
-    def _op_pair(self, _: dict[str, Any]) -> dict[str, Any]:
-        offer = self.node.pair()
+    def _op_pair(self, request: dict[str, Any]) -> dict[str, Any]:
+        offer = self.node.pair(verify=request.get("verify"))
         self._offers[offer.nameplate] = offer
         return {
             "code": offer.code,
@@ -159,17 +184,86 @@ class Controller:
         return offer
 
     def _op_wait_offer(self, request: dict[str, Any]) -> dict[str, Any]:
-        device = self._offer(request).wait(request.get("timeout"))
-        return device.to_dict()
+        return self._event(self._offer(request).wait_event(request.get("timeout")))
+
+    def _event(self, event: Device | SasCheck) -> dict[str, Any]:
+        """A device's dict, or a SAS check to answer (kept until ``confirm``)."""
+        if isinstance(event, Device):
+            return event.to_dict()
+        with self._lock:
+            self._checks[event.session] = event
+        return {"sas_check": event.to_dict()}
 
     def _op_cancel_offer(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"cancelled": self._offer(request).cancel()}
 
     def _op_join(self, request: dict[str, Any]) -> dict[str, Any]:
-        device = self.node.join(
-            request["code"], address=request.get("address"), timeout=request.get("timeout")
+        joining = self._start_join(request)
+        pairing = self.node.settings.pairing
+        bound = request.get("timeout") or 6 * pairing.step_timeout + pairing.resolve_timeout
+        return self._wait_join(joining, bound, pending_is_error=True)
+
+    def _op_join_start(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"session": self._start_join(request).session}
+
+    def _op_join_wait(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self._wait_join(self._joining(request), request.get("timeout", 0.0), pending_is_error=False)
+
+    def _op_join_cancel(self, request: dict[str, Any]) -> dict[str, Any]:
+        joining = self._joining(request)
+        self.node.cancel_join(joining)
+        return {"cancelled": not joining.result.done()}
+
+    def _start_join(self, request: dict[str, Any]) -> Joining:
+        joining = self.node.start_join(
+            request["code"], address=request.get("address"), verify=request.get("verify")
         )
-        return device.to_dict()
+        with self._lock:
+            self._joins[joining.session] = joining
+        return joining
+
+    def _joining(self, request: dict[str, Any]) -> Joining:
+        with self._lock:
+            joining = self._joins.get(request["session"])
+        if joining is None:
+            raise RequestError(f"no join {request['session']!r} was started here")
+        return joining
+
+    def _wait_join(self, joining: Joining, timeout: float, *, pending_is_error: bool) -> dict[str, Any]:
+        try:
+            event = joining.wait(timeout)
+        except concurrent.futures.TimeoutError:
+            if pending_is_error:
+                self.node.cancel_join(joining)
+                raise PairingFailedError(ErrorCode.TIMEOUT, f"no result within {timeout:g} s") from None
+            return {"pending": True, "progress": joining.progress}
+        except QuicpairError:
+            with self._lock:
+                self._joins.pop(joining.session, None)
+            raise
+        if isinstance(event, Device):
+            with self._lock:
+                self._joins.pop(joining.session, None)
+        return self._event(event)
+
+    def _op_confirm(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            check = self._checks.pop(request["session"], None)
+        if check is None:
+            raise RequestError(f"no SAS check of session {request['session']!r} is waiting here")
+        first = check.confirm() if request["accept"] else check.refuse()
+        return {"confirmed": bool(request["accept"]), "first_answer": first}
+
+    def _op_address(self, request: dict[str, Any]) -> dict[str, Any]:
+        action = request["action"]
+        if action not in ("add", "remove"):
+            raise RequestError(f"field 'action' must be 'add' or 'remove', not {action!r}")
+        node_id = _node_id(request)
+        if action == "add":
+            address = self.node.add_address(node_id, request["address"])
+        else:
+            address = self.node.remove_address(node_id, request["address"])
+        return {"action": action, "address": address, "node_id": node_id.text}
 
     def _op_devices(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         return [d.to_dict() for d in self.node.devices(include_pending=bool(request.get("include_pending")))]
@@ -243,5 +337,10 @@ def _message(peer: NodeId, payload: bytes, seq: int) -> dict[str, Any]:
         text: str | None = payload.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    encoded = base64.b64encode(payload).decode("ascii")
-    return {"node_id": peer.text, "base64": encoded, "text": text, "seq": seq}
+    return {
+        "node_id": peer.text,
+        "fingerprint": peer.fingerprint,
+        "base64": base64.b64encode(payload).decode("ascii"),
+        "text": text,
+        "seq": seq,
+    }

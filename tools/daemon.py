@@ -52,8 +52,19 @@ from typing import Any
 from quicpair.actors.kernel.logs import configure_logging, get_logger
 from quicpair.actors.node import Node, prepare_home
 from quicpair.config.settings import Settings
-from quicpair.protocol.errors import ConfigError, IdentityError, QuicpairError
+from quicpair.protocol.errors import IdentityError, QuicpairError
 
+from .client import (
+    CALL_WAIT,
+    CONTROL_SOCKET,
+    MAX_REQUEST_LINE,
+    ControlClient,
+    DaemonError,
+    NoDaemon,
+    connect_control,
+    control_socket_path,
+    unwrap_reply,
+)
 from .control import Controller, RequestError, decode_request, error_reply
 
 __all__ = [
@@ -73,60 +84,17 @@ __all__ = [
     "unwrap_reply",
 ]
 
-CONTROL_SOCKET = "control.sock"
 LOCK_FILE = "daemon.lock"
-#: A request is a few hundred bytes (a pairing URI is at most 8 KiB); anything
-#: this long is garbage, refused before it costs memory.
-MAX_REQUEST_LINE = 64 * 1024
-#: sizeof(sockaddr_un.sun_path) is 108 on Linux, one byte of it for the NUL (unix(7)).
-_SUN_PATH_MAX = 107
 #: How long running requests get to send their reply once the node has stopped;
 #: after node.stop() every node call returns at once, so this only bounds a bug.
 _DRAIN_TIMEOUT = 5.0
-#: How long a quick request (info, devices, pair...) may take to be answered.
-CALL_WAIT = 15.0
-#: How long to wait for an existing socket to answer before calling it stale.
-_PROBE_TIMEOUT = 2.0
 
 
 class DaemonRunning(QuicpairError):
     """Another quicpair daemon already serves this home; stop it first with `quicpair stop`."""
 
 
-class NoDaemon(QuicpairError):
-    """No quicpair daemon serves this home; start one with `quicpair run`."""
-
-
 # -- the home ------------------------------------------------------------------------
-
-
-def control_socket_path(home: Path) -> Path:
-    """``<home>/control.sock``; ConfigError if the path is too long for a Unix socket."""
-    path = home.absolute() / CONTROL_SOCKET
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise ConfigError(
-            f"the control socket path {path} is longer than {_SUN_PATH_MAX} bytes, "
-            "the limit of Unix sockets; use a shorter --home"
-        )
-    return path
-
-
-def connect_control(home: Path, timeout: float = _PROBE_TIMEOUT) -> socket.socket:
-    """A connection to the daemon serving ``home``; NoDaemon when nothing answers there."""
-    path = control_socket_path(home)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(os.fspath(path))
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        sock.close()
-        raise NoDaemon(
-            f"no quicpair daemon is running for {home}; start one with: quicpair --home {home} run"
-        ) from exc
-    except OSError as exc:
-        sock.close()
-        raise NoDaemon(f"cannot reach the daemon of {home} at {path}: {exc.strerror or exc}") from exc
-    return sock
 
 
 def _daemon_answers(home: Path) -> dict[str, Any] | None:
@@ -158,8 +126,11 @@ def claim_home(home: Path) -> Iterator[None]:
         )
     lock_path = home / LOCK_FILE
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        # O_NOFOLLOW: a lock "file" that is a symlink must not make us truncate its target.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IdentityError(f"{lock_path} is a symbolic link; refusing to follow it") from exc
         raise IdentityError(f"cannot create {lock_path}: {exc.strerror}") from exc
     try:
         try:
@@ -368,77 +339,6 @@ class _ControlServer:
 
 
 # -- the client -------------------------------------------------------------------------
-
-
-class DaemonError(QuicpairError):
-    """The node reported an error; the message is the node's own."""
-
-    def __init__(self, error: dict[str, Any]) -> None:
-        super().__init__(str(error.get("message", "unknown error")))
-        #: The class name of the error on the node's side (e.g. "PairingFailed").
-        self.kind = str(error.get("type", "QuicpairError"))
-        #: The wire code name, when the error has one (e.g. "WRONG_CODE").
-        self.code: str | None = error.get("code")
-
-
-def unwrap_reply(reply: Any) -> Any:
-    """A reply's result; DaemonError if it reports an error."""
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise QuicpairError(f"unexpected reply from the node: {str(reply)[:200]}")
-    if not reply["ok"]:
-        raise DaemonError(reply.get("error") or {})
-    return reply.get("result")
-
-
-class ControlClient:
-    """The daemon of a home, over its control socket; one request at a time."""
-
-    def __init__(self, home: Path) -> None:
-        self._sock = connect_control(home)
-        self._stream = self._sock.makefile("rwb")
-        self._next_id = 0
-
-    def call(self, op: str, *, wait: float = CALL_WAIT, **fields: Any) -> Any:
-        self._next_id += 1
-        request_id = self._next_id
-        deadline = time.monotonic() + wait
-        try:
-            self._stream.write((json.dumps({"id": request_id, "op": op, **fields}) + "\n").encode())
-            self._stream.flush()
-            while True:
-                # Replies to earlier requests abandoned by an interrupt may come first.
-                self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                line = self._stream.readline()  # our own daemon: a long device list is fine
-                if not line:
-                    raise NoDaemon("the daemon closed the connection (is it stopping?)")
-                reply = json.loads(line)
-                if isinstance(reply, dict) and reply.get("id") == request_id:
-                    return unwrap_reply(reply)
-        except TimeoutError as exc:
-            raise QuicpairError(f"the daemon did not answer {op!r} within {wait:g} s") from exc
-        except ValueError as exc:
-            raise QuicpairError(f"the daemon sent a reply that is not JSON: {exc}") from exc
-        except OSError as exc:
-            raise NoDaemon(f"lost the connection to the daemon: {exc.strerror or exc}") from exc
-
-    def wait_closed(self, timeout: float) -> bool:
-        """True once the daemon closed the connection (it does so last when it stops)."""
-        deadline = time.monotonic() + timeout
-        try:
-            while (remaining := deadline - time.monotonic()) > 0:
-                self._sock.settimeout(remaining)
-                if not self._stream.readline():
-                    return True
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-        return False
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._stream.close()
-        self._sock.close()
 
 
 # -- the daemon -------------------------------------------------------------------------

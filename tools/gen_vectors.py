@@ -183,14 +183,25 @@ def _codebook() -> Codebook:
     return book
 
 
-def _exchange(log: _Log, joiner: Machine, book: Codebook, resolve: tuple[bool, bytes] | None = None) -> None:
+def _exchange(
+    log: _Log,
+    joiner: Machine,
+    book: Codebook,
+    resolve: tuple[bool, bytes] | None = None,
+    *,
+    verify: bool = False,
+    answers: Mapping[str, bool] | None = None,
+) -> None:
     """Run ``joiner`` against a fresh initiator through bytes until neither has more to say.
 
-    Durable writes are instant here; ``resolve`` is the registry's answer to a PairResolve.
+    Durable writes are instant here; ``resolve`` is the registry's answer to a PairResolve;
+    ``verify``: the initiator asks to confirm the SAS; ``answers``: each person's answer.
     """
     ini, joi = (identity.node_id for identity in _ids())
     info, rand = INITIATOR_INFO, _rand("initiator")
-    initiator = pm.Initiator(local=ini, peer=joi, codebook=book, device_info=info, now=NOW, rand=rand)
+    initiator = pm.Initiator(
+        local=ini, peer=joi, codebook=book, device_info=info, now=NOW, rand=rand, verify=lambda _: verify
+    )
     nameplate, shown = PairingCode.parse(TYPED_CODE).nameplate, [""]
 
     def drain(name: str, machine: Machine) -> None:
@@ -199,6 +210,14 @@ def _exchange(log: _Log, joiner: Machine, book: Codebook, resolve: tuple[bool, b
             if isinstance(event, pm.ResolveRequested) and isinstance(machine, pm.Initiator) and resolve:
                 log.note(name, "call", f"answer_resolve(committed={resolve[0]}, pairing_secret)")
                 machine.answer_resolve(resolve[0], resolve[1], NOW)
+            elif (
+                isinstance(machine, pm.Initiator | pm.Joiner)
+                and isinstance(event, pm.SasCheckRequested)
+                and not machine.is_finished
+            ):
+                yes = (answers or {}).get(name, True)
+                log.note(name, "call", "sas_confirmed()" if yes else "sas_refused()")
+                machine.sas_confirmed(NOW) if yes else machine.sas_refused(NOW)
             elif isinstance(machine, pm.Initiator | pm.Joiner) and isinstance(event, pm.PeerVerified):
                 machine.pending_stored(NOW)
             elif isinstance(machine, pm.Initiator | pm.Joiner) and isinstance(event, pm.CommitRequested):
@@ -335,6 +354,25 @@ def _wrong_code() -> Json:
     return {"joiner_code": WRONG_CODE, "log": log.entries}
 
 
+def _sas_verified(pairing_id: bytes, secret: bytes) -> Json:
+    """The same pairing, the initiator asking both people to confirm the SAS; both do."""
+    _exchange(log := _Log(), _joiner(TYPED_CODE), _codebook(), verify=True)
+    macs = {}
+    for role in ks.Role:
+        key = ks.hkdf_expand(secret, _label(f"sas confirmed {role.value}"), 32)
+        macs[f"k_sas_confirmed_{role.value}"] = key
+        macs[f"sas_confirmed_{role.value}"] = ks.hmac_sha256(key, pairing_id)
+        _check((ks.sas_confirmed_mac(secret, pairing_id, role), macs[f"sas_confirmed_{role.value}"], "MAC"))
+    return {"initiator_asks": True, "keys": _hex(macs), "log": log.entries}
+
+
+def _sas_refused() -> Json:
+    """The initiator asks to confirm the SAS; the joiner's person refuses the words."""
+    answers = {"joiner": False}
+    _exchange(log := _Log(), _joiner(TYPED_CODE), _codebook(), verify=True, answers=answers)
+    return {"initiator_asks": True, "joiner_answer": "refused", "log": log.entries}
+
+
 # -- link ----------------------------------------------------------------------------------
 
 _WAYS = ("dialer to listener", "listener to dialer")
@@ -416,14 +454,15 @@ def _link(secret: bytes, pairing_id: bytes) -> Json:
 
 _SAMPLES: list[m.Message] = [
     m.PairRequest(nameplate=4207, pake=b"B" + bytes(range(32))),
-    m.PairChallenge(pake=b"A" + bytes(range(32)), confirm=bytes(range(32, 64))),
-    m.PairResponse(confirm=bytes(32), sealed=bytes(range(40))),
+    m.PairChallenge(pake=b"A" + bytes(range(32)), confirm=bytes(range(32, 64)), flags=1),
+    m.PairResponse(confirm=bytes(32), sealed=bytes(range(40)), flags=0),
     m.PairComplete(sealed=bytes(range(40))),
     m.PairDone(mac=b"\xdd" * 32),
     m.PairCommit(mac=b"\xcc" * 32),
     m.PairReject(code=ErrorCode.WRONG_CODE, reason="wrong code"),
     m.DeviceInfo(name="ünïcode-name", addresses=["192.0.2.1:47470", "[::1]:47470"]),
     m.PairResolve(pairing_id=b"\x1d" * 32, mac=b"\xdd" * 32),
+    m.PairSasConfirmed(mac=b"\x5a" * 32),
     m.LinkHello(nonce=b"\x4e" * 32, pairing=b"\x6b" * 8, addresses=[]),
     m.LinkSealed(seq=2**32, box=bytes(16)),
     m.LinkAppData(seq=2**32 + 1, data=b""),
@@ -508,6 +547,8 @@ def build() -> Json:
         "resolve_committed": _resolve(pairing_id, secret, committed=True),
         "resolve_aborted": _resolve(pairing_id, secret, committed=False),
         "wrong_code": _wrong_code(),
+        "sas_verified": _sas_verified(pairing_id, secret),
+        "sas_refused": _sas_refused(),
         "link": _link(secret, pairing_id),
         "framing": _framing(),
         "uri": _uri(),
@@ -573,6 +614,12 @@ def _vectors_md(v: Json) -> str:
     wrong = v["wrong_code"]
     out += _log_md(f"A wrong code (the joiner typed `{wrong['joiner_code']}`):", wrong["log"])
     out += _log_md("A joiner in doubt resolves; the initiator had committed:", v["resolve_committed"]["log"])
+    verified = v["sas_verified"]
+    out += _table([(name, value) for name, value in verified["keys"].items()])
+    out += _log_md(
+        "The initiator asks both people to confirm the SAS (FLAG_VERIFY_SAS); both confirm:", verified["log"]
+    )
+    out += _log_md("The same, but the joiner's person refuses the words:", v["sas_refused"]["log"])
     out += ["Frames a receiver must refuse (hex in `framing.invalid`):", "", "| case | result |", "|---|---|"]
     out += [*(f"| {e['case']} | {e['result']} |" for e in v["framing"]["invalid"]), ""]
     return "\n".join(out)

@@ -8,12 +8,17 @@ one reply line per request line. Logs go to stderr (JSON, one event per
 line) or to ``--log FILE``. The node stops on the ``stop`` op, on end of
 stdin, or on SIGTERM/SIGINT, and the process exits 0 once everything is
 released. The two-process tests and the demo drive nodes this way.
+
+It never outlives its parent: when the parent goes away (even before "ready",
+even killed), the process is re-parented, which a watcher notices within
+:data:`PARENT_POLL`, and a stdout nobody reads any more stops it too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -49,15 +54,37 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: How often the process checks that its parent is still there.
+PARENT_POLL = 0.2
+
+
 class _Writer:
-    def __init__(self, stream: TextIO) -> None:
+    """JSON lines to stdout; a reader that went away (EPIPE) asks the process to stop."""
+
+    def __init__(self, stream: TextIO, gone: threading.Event) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._gone = gone
 
     def write(self, obj: Any) -> None:
         with self._lock:
-            self._stream.write(json.dumps(obj, sort_keys=True) + "\n")
-            self._stream.flush()
+            try:
+                self._stream.write(json.dumps(obj, sort_keys=True) + "\n")
+                self._stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self._gone.set()
+
+
+def _watch_parent(stopping: threading.Event) -> None:
+    """Set ``stopping`` once this process's parent has gone (it was re-parented)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stopping.wait(PARENT_POLL):
+            if os.getppid() != parent:
+                stopping.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 #: Bound on the wait for actor threads to end after Node.stop() (they end within microseconds).
@@ -90,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="append logs here instead of stderr")
     args = parser.parse_args(argv)
 
-    out = _Writer(sys.stdout)
+    stopping = threading.Event()
+    _watch_parent(stopping)
+    out = _Writer(sys.stdout, stopping)
     log_stream: TextIO = open(args.log, "a", encoding="utf-8") if args.log else sys.stderr  # noqa: SIM115
     try:
         overrides = parse_overrides(args.set)
@@ -109,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         out.write({"event": "failed", "error": error_reply(None, exc)["error"]})
         return 1
 
-    stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     controller = Controller(node, stopping.set)

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import pykka
-import structlog
 from pykka import ActorDeadError, ActorRef
 
+from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.kernel.loopactor import Shutdown, handle_envelope
 
 __all__ = [
@@ -105,7 +105,7 @@ def supervised_by(parent: ActorRef[Any], name: str, parent_name: str = "") -> It
 
 def actor_log(**context: Any) -> Any:
     # Resolved per event: structlog's configuration may change while actors live.
-    return structlog.get_logger().bind(**context)
+    return get_logger().bind(**context)
 
 
 def describe_exit(reason: ExitReason) -> str:
@@ -182,7 +182,7 @@ class Supervised(pykka.Actor):
         except BaseException:
             self._handle_failure(*sys.exc_info())
         if not self.actor_stopped.is_set():
-            self._qp_log().info("actor.started", cls=type(self).__name__)
+            self._qp_log().debug("actor.started", cls=type(self).__name__)
 
     def _actor_loop_running(self) -> None:
         # ThreadingActor only (a LoopActor drains on its loop): pykka's loop, but a
@@ -205,7 +205,7 @@ class Supervised(pykka.Actor):
         if isinstance(reason, BaseException):
             log.warning("actor.exited", reason=describe_exit(reason), exc_info=reason)
         else:
-            log.info("actor.exited", reason=reason)
+            log.debug("actor.exited", reason=reason)
         if self._qp_parent is not None:
             # ActorDeadError: the supervisor is gone (it is stopping us, or died): nobody to tell.
             with contextlib.suppress(ActorDeadError):

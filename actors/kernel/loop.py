@@ -39,7 +39,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Self, TypeVar
 
-import structlog
+from quicpair.actors.kernel.logs import get_logger
 
 __all__ = ["EventLoopThread", "current_loop_thread"]
 
@@ -195,7 +195,7 @@ class EventLoopThread:
 
     def _log(self) -> Any:
         # Resolved per event, not cached: structlog's configuration may change after construction.
-        return structlog.get_logger().bind(loop=self.name)
+        return get_logger().bind(loop=self.name)
 
     def _schedule(self, fn: Callable[[], object]) -> None:
         self.call_soon(fn)

@@ -63,10 +63,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import pykka
-import structlog
 from pykka import ActorDeadError, ActorRef, ActorRegistry
 from pykka._envelope import Envelope
 
+from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.kernel.loop import EventLoopThread, current_loop_thread
 
 if TYPE_CHECKING:
@@ -481,7 +481,7 @@ class LoopActor(pykka.Actor):
         if self._qp_finished:
             return
         if not self.actor_stopped.is_set():
-            log = structlog.get_logger().bind(actor=str(self), loop=self.loop_thread.name)
+            log = get_logger().bind(actor=str(self), loop=self.loop_thread.name)
             log.warning("actor.stopped_by_loop_shutdown")
             handle_envelope(self, Envelope(Shutdown()))
         self._qp_finish()
@@ -500,4 +500,4 @@ class LoopActor(pykka.Actor):
         try:
             self._actor_loop_teardown()
         except Exception as exc:
-            structlog.get_logger().bind(actor=str(self)).error("actor.teardown_failed", error=repr(exc))
+            get_logger().bind(actor=str(self)).error("actor.teardown_failed", error=repr(exc))

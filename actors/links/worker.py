@@ -148,7 +148,9 @@ class LinkWorker(Supervised, LoopActor):
         self._unpairing = spec.unpairing
         self._unpaired = False  # the peer told us; we only close and end
         self._parent = spec.parent
-        self.log = (ctx.log or get_logger()).bind(peer=self.peer.fingerprint, role=self._role)
+        self.log = (ctx.log or get_logger()).bind(
+            peer=self.peer.fingerprint, peer_name=spec.record.name, role=self._role
+        )
         self._conns = LinkConns(self.local, self.peer, self.call_later, self._retired)
         self._dialer = DialLoop(
             ctx,

@@ -11,14 +11,17 @@ about an earlier pairing; the registry answers it.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 from dataclasses import dataclass
 from typing import Any
 
-from quicpair.actors.pairing.device import Device
-from quicpair.actors.pairing.session import PairingSessionBase, SessionCrash
+from quicpair.actors.pairing.device import Device, SasCheck
+from quicpair.actors.pairing.session import PairingSessionBase, SessionCrash, tell_if_alive
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
+from quicpair.protocol.claims import LimitedClaims
 from quicpair.protocol.codebook import CodeState
 from quicpair.protocol.errors import ErrorCode
 from quicpair.protocol.framing import FrameDecoder
@@ -33,14 +36,15 @@ from quicpair.protocol.pairing import (
     PeerVerified,
     ResolveAnswered,
     ResolveRequested,
+    SasCheckRequested,
 )
 
-__all__ = ["Adopt", "InitiatorSession"]
+__all__ = ["Adopt", "InitiatorSession", "attempts_summary"]
 
 _FINAL_CODE_ERRORS = {
-    CodeState.BURNED: ErrorCode.CODE_USED_UP,
-    CodeState.EXPIRED: ErrorCode.CODE_EXPIRED,
-    CodeState.CANCELLED: ErrorCode.CODE_USED_UP,
+    CodeState.BURNED: (ErrorCode.CODE_USED_UP, "the code was burned"),
+    CodeState.EXPIRED: (ErrorCode.CODE_EXPIRED, "the code expired"),
+    CodeState.CANCELLED: (ErrorCode.CODE_CANCELLED, "the code was cancelled"),
 }
 
 
@@ -49,6 +53,21 @@ class Adopt:
     """To a spare session: this accepted pairing connection is yours (the listener counted it)."""
 
     link: QuicLink
+
+
+@dataclass(frozen=True, slots=True)
+class _SasAnswer:
+    """The person here answered the SAS check (from any thread)."""
+
+    confirmed: bool
+
+
+def attempts_summary(attempts: list[str]) -> str:
+    """``3 failed attempts (wrong code x2, timed out)``: each reason once, with its count."""
+    counts = collections.Counter(attempts)
+    reasons = ", ".join(f"{text} x{n}" if n > 1 else text for text, n in counts.items())
+    plural = "s" if len(attempts) != 1 else ""
+    return f"{len(attempts)} failed attempt{plural} ({reasons})"
 
 
 class InitiatorSession(PairingSessionBase):
@@ -69,11 +88,17 @@ class InitiatorSession(PairingSessionBase):
         self._sas: tuple[str, ...] = ()
         self._confirmed: DeviceRecord | None = None  # the record the CONFIRMED write returned
         self._inspect = FrameDecoder() if ctx.settings.testing.crash_session_after else None
+        #: The joiner proved it holds the code (key confirmation passed).
+        self._verified = False
+        #: This session's end, for whoever answered its SAS check.
+        self._outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def session_ended(self) -> None:
         # The listener counted this session when it gave it a connection.
         if self._link_to_attach is not None:
             self.ctx.active_sessions -= 1
+        if not self._outcome.done():
+            self._outcome.set_exception(errors.PairingFailed(ErrorCode.GOING_AWAY, "the session ended"))
 
     def on_start(self) -> None:
         if self._link_to_attach is not None:
@@ -84,13 +109,13 @@ class InitiatorSession(PairingSessionBase):
         self.machine = Initiator(
             local=ctx.identity.node_id,
             peer=self._held.peer,
-            codebook=ctx.codebook,
-            device_info=DeviceInfo(
-                name=ctx.settings.node.name, addresses=ctx.addresses_for(self._held)
-            ),
+            codebook=LimitedClaims(ctx.codebook, ctx.claims, self._source(), ctx.clock()),
+            device_info=DeviceInfo(name=ctx.settings.node.name, addresses=ctx.addresses_for(self._held)),
             now=ctx.clock(),
             rand=ctx.rand,
             step_timeout=ctx.settings.pairing.step_timeout,
+            verify=self._wants_verify,
+            verify_timeout=ctx.settings.pairing.verify_timeout,
         )
         self.attach(self._held)
         self.pump()
@@ -103,13 +128,21 @@ class InitiatorSession(PairingSessionBase):
         return link
 
     def on_other(self, message: Any) -> Any:
+        if isinstance(message, _SasAnswer):
+            machine = self.machine
+            if isinstance(machine, Initiator) and not machine.is_finished:
+                self.log.info("pairing.sas_answered", confirmed=message.confirmed)
+                now = self.ctx.clock()
+                machine.sas_confirmed(now) if message.confirmed else machine.sas_refused(now)
+                self.pump()
+            return None
         if isinstance(message, Adopt):
             if self._link_to_attach is not None:
                 raise RuntimeError(f"session {self.session_id} already holds a connection")
             self._link_to_attach = message.link
             # The session starts now. A failure here is a handler's: on_failure closes the
             # link and gives the slot back, once.
-            self.log.info("pairing.session_started")
+            self.log.debug("pairing.session_started")
             try:
                 self.begin()
             except Exception as exc:
@@ -123,10 +156,21 @@ class InitiatorSession(PairingSessionBase):
         if link is not None and not link.is_closed:
             link.close(ErrorCode.INTERNAL_ERROR, "pairing session failed to start")
 
+    def _source(self) -> str:
+        return str(self._held.remote_address[0])
+
+    def _wants_verify(self, nameplate: int) -> bool:
+        offer = self.ctx.offers.get(nameplate)
+        return offer is not None and offer.verify
+
     # -- machine events --------------------------------------------------------
 
     def handle_event(self, event: Any) -> None:
-        if isinstance(event, PeerVerified):
+        if isinstance(event, SasCheckRequested):
+            self._verified = True
+            self._ask_person(event)
+        elif isinstance(event, PeerVerified):
+            self._verified = True
             self._sas = event.keys.sas
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
@@ -157,8 +201,9 @@ class InitiatorSession(PairingSessionBase):
                 peer_name=event.peer_info.name,
                 connections=self.connections,
                 streams=self._streams_seen,
-                send_key=event.keys.for_role(Role.INITIATOR).send_fingerprint,
-                receive_key=event.keys.for_role(Role.INITIATOR).receive_fingerprint,
+                sas=" ".join(event.keys.sas),
+                send_key_fp=event.keys.for_role(Role.INITIATOR).send_fingerprint,
+                receive_key_fp=event.keys.for_role(Role.INITIATOR).receive_fingerprint,
             )
             self._on_record(self._confirmed)
         elif isinstance(event, PairingFailed):
@@ -172,22 +217,67 @@ class InitiatorSession(PairingSessionBase):
                 self._pending_record = (self._held.peer, event.pairing_id)
                 self.forget_pending()
 
+    def _ask_person(self, event: SasCheckRequested) -> None:
+        nameplate = self._nameplate()
+        offer = self.ctx.offers.get(nameplate) if nameplate is not None else None
+        ref = self.actor_ref
+        check = SasCheck(
+            session=self.session_id,
+            sas=event.sas,
+            peer=self._held.peer,
+            peer_name=event.peer_name,
+            answer=lambda yes: tell_if_alive(ref, _SasAnswer(yes)),
+            outcome=self._outcome,
+        )
+        self.log.info("pairing.sas_check", sas=" ".join(event.sas), peer_name=event.peer_name)
+        if offer is None or offer.checks is None:
+            check.refuse()  # the code's offer is gone: nobody here can compare the words
+        else:
+            offer.checks.put(check)
+
     def _on_failed(self, event: PairingFailed) -> None:
         if event.pending_must_be_deleted:
             self.forget_pending()
         self.ctx.counters.incr("pair.failed.initiator")
-        self.log.warning("pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail)
+        # Before key confirmation the peer is a stranger, who could fill the log: rate limited.
+        log = self.log if self._verified or self.ctx.unauth_log is None else self.ctx.unauth_log
+        log.warning(
+            "pairing.failed",
+            code=event.code.name,
+            remote=event.remote,
+            detail=event.detail,
+            peer=self._held.peer.fingerprint,
+            session=self.session_id,
+        )
+        if not self._outcome.done():
+            self._outcome.set_exception(errors.PairingFailed(event.code, remote=event.remote))
         nameplate = self._nameplate()
         offer = self.ctx.offers.get(nameplate) if nameplate is not None else None
         if offer is None or nameplate is None:
             return
         offer.attempts.append(errors.describe_code(event.code))
+        if event.code is ErrorCode.SAS_REFUSED:
+            # Words that differ mean someone else may know the code: nobody may use it now.
+            self.ctx.codebook.cancel(nameplate)
+            self.log.warning("pairing.code_closed", nameplate=nameplate, state="cancelled", reason="sas")
+            if not offer.result.done():
+                who = "on the other device" if event.remote else "here"
+                offer.result.set_exception(
+                    errors.PairingFailed(
+                        ErrorCode.SAS_REFUSED,
+                        f"the SAS words were refused {who}: someone may be in the middle; "
+                        "nothing was stored and the code is cancelled",
+                        remote=event.remote,
+                    )
+                )
+            del self.ctx.offers[nameplate]
+            return
         status = self.ctx.codebook.describe(nameplate, self.ctx.clock())
         if status is not None and status.state in _FINAL_CODE_ERRORS and not offer.result.done():
-            code = _FINAL_CODE_ERRORS[status.state]
+            code, what = _FINAL_CODE_ERRORS[status.state]
             self.log.warning("pairing.code_closed", nameplate=nameplate, state=status.state.value)
             offer.result.set_exception(
-                errors.PairingFailed(code, f"{errors.describe_code(code)} after: {', '.join(offer.attempts)}")
+                errors.PairingFailed(code, f"{what} after {attempts_summary(offer.attempts)}")
             )
             del self.ctx.offers[nameplate]
 
@@ -196,8 +286,12 @@ class InitiatorSession(PairingSessionBase):
         self._announce_paired(record)
         nameplate = self._nameplate()
         offer = self.ctx.offers.pop(nameplate, None) if nameplate is not None else None
-        if offer is not None and not offer.result.done() and isinstance(record, DeviceRecord):
-            offer.result.set_result(Device.from_record(record, self._sas))
+        if isinstance(record, DeviceRecord):
+            device = Device.from_record(record, self._sas)
+            if not self._outcome.done():
+                self._outcome.set_result(device)
+            if offer is not None and not offer.result.done():
+                offer.result.set_result(device)
 
     def _nameplate(self) -> int | None:
         machine = self.machine
@@ -241,6 +335,8 @@ class InitiatorSession(PairingSessionBase):
         # offer learns of the failure. Left alone, the code stayed HELD for
         # good: every later attempt got BUSY, and the offer never settled.
         machine = self.machine
+        if not self._outcome.done():
+            self._outcome.set_exception(errors.PairingFailed(ErrorCode.INTERNAL_ERROR, "the session crashed"))
         if machine is None or machine.is_finished:
             return
         machine.abort(ErrorCode.INTERNAL_ERROR, self.ctx.clock())

@@ -33,8 +33,8 @@ import pykka
 from quicpair.actors.context import NodeContext
 from quicpair.actors.kernel.backoff import Backoff
 from quicpair.actors.kernel.loopactor import ActorTimer
-from quicpair.actors.pairing.device import Device
-from quicpair.actors.pairing.session import PairingSessionBase
+from quicpair.actors.pairing.device import CheckChain, Device, Joining, SasCheck
+from quicpair.actors.pairing.session import PairingSessionBase, tell_if_alive
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.dial import dial
 from quicpair.actors.transport.quic_link import QuicLink
@@ -54,6 +54,7 @@ from quicpair.protocol.pairing import (
     PairingSucceeded,
     PeerVerified,
     Resolver,
+    SasCheckRequested,
 )
 
 __all__ = ["RESOLVE_RETRY", "RESOLVE_RETRY_MAX", "CallerGaveUp", "JoinerSession", "ResolveNow"]
@@ -73,6 +74,13 @@ class ResolveNow:
 @dataclass(frozen=True, slots=True)
 class CallerGaveUp:
     """``Node.join``'s wait ended: abort if we have not voted; keep resolving if we have."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SasAnswer:
+    """The person here answered the SAS check (from any thread)."""
+
+    confirmed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +104,15 @@ class JoinerSession(PairingSessionBase):
         result: concurrent.futures.Future[Any],
         *,
         resume: DeviceRecord | None = None,
+        verify: bool = False,
+        joining: Joining | None = None,
+        checks: CheckChain | None = None,
     ) -> None:
-        """``resume``: a PENDING record left in doubt by an earlier run: only ask about it."""
+        """``resume``: a PENDING record left in doubt by an earlier run: only ask about it.
+
+        ``verify``: the person here asks to confirm the SAS; SAS checks go to ``checks``
+        and what the session is doing to ``joining.progress``.
+        """
         super().__init__(ctx, session_id)
         if (code is None) == (resume is None):
             raise ValueError("a joiner session needs a code, or a pending record to resume")
@@ -118,6 +133,9 @@ class JoinerSession(PairingSessionBase):
         self._voted = resume is not None
         self._dialing = False
         self._resolve_backoff = Backoff(RESOLVE_RETRY, RESOLVE_RETRY_MAX, 0.2, 1e9)
+        self._verify = verify
+        self._joining = joining
+        self._checks = checks
 
     # -- connecting --------------------------------------------------------------
 
@@ -160,6 +178,10 @@ class JoinerSession(PairingSessionBase):
                 source=source,
             )
 
+        def attempt(address: str) -> None:
+            log.info("pairing.dial", address=address)
+            self._progress(f"dialing {address}")
+
         async def run() -> None:
             if not ordered and given:
                 error: BaseException = errors.PeerUnreachable(
@@ -174,7 +196,7 @@ class JoinerSession(PairingSessionBase):
                     ordered,
                     dial_one,
                     stagger=ctx.settings.link.stagger,
-                    on_attempt=lambda address: log.info("pairing.dial", address=address),
+                    on_attempt=attempt,
                     on_failure=lambda address, exc: log.warning(
                         "pairing.dial_failed", address=address, error=str(exc)
                     ),
@@ -208,7 +230,20 @@ class JoinerSession(PairingSessionBase):
                 # Before our vote: abort the pairing with the initiator, store nothing.
                 self.stop()
             return None
+        if isinstance(message, _SasAnswer):
+            machine = self.machine
+            if isinstance(machine, Joiner) and not machine.is_finished:
+                self.log.info("pairing.sas_answered", confirmed=message.confirmed)
+                now = self.ctx.clock()
+                machine.sas_confirmed(now) if message.confirmed else machine.sas_refused(now)
+                self._progress("waiting for the other device to confirm the words")
+                self.pump()
+            return None
         return super().on_other(message)
+
+    def _progress(self, text: str) -> None:
+        if self._joining is not None:
+            self._joining.progress = text
 
     def _on_dialed(self, message: _Dialed) -> None:
         self._dialing = False
@@ -236,6 +271,8 @@ class JoinerSession(PairingSessionBase):
         )
         self.stream_id = link.open_stream()
         self._streams_seen += 1
+        doing = "asking about the outcome" if self._in_doubt is not None else "pairing"
+        self._progress(f"{doing} with {link.peer.fingerprint}")
         if self._in_doubt is None:
             self.ctx.counters.incr("pair.streams.joiner")
             assert self._code is not None
@@ -250,6 +287,8 @@ class JoinerSession(PairingSessionBase):
                     now=self.ctx.clock(),
                     rand=self.ctx.rand,
                     step_timeout=self.ctx.settings.pairing.step_timeout,
+                    verify=self._verify,
+                    verify_timeout=self.ctx.settings.pairing.verify_timeout,
                 )
             )
         else:
@@ -270,7 +309,24 @@ class JoinerSession(PairingSessionBase):
 
     def handle_event(self, event: Any) -> None:
         assert self._peer is not None
-        if isinstance(event, PeerVerified):
+        if isinstance(event, SasCheckRequested):
+            ref = self.actor_ref
+            check = SasCheck(
+                session=self.session_id,
+                sas=event.sas,
+                peer=self._peer,
+                peer_name="",
+                answer=lambda yes: tell_if_alive(ref, _SasAnswer(yes)),
+                outcome=self.result,
+            )
+            self.log.info("pairing.sas_check", sas=" ".join(event.sas))
+            self._progress("waiting for the SAS words to be confirmed")
+            if self._checks is None:
+                check.refuse()
+            else:
+                self._checks.put(check)
+        elif isinstance(event, PeerVerified):
+            self._progress("storing the pairing")
             self.log.info(
                 "pairing.peer_verified", peer_name=event.peer_info.name, sas=" ".join(event.keys.sas)
             )
@@ -291,8 +347,9 @@ class JoinerSession(PairingSessionBase):
                 peer_name=event.peer_info.name,
                 connections=self.connections,
                 streams=self._streams_seen,
-                send_key=keys.send_fingerprint,
-                receive_key=keys.receive_fingerprint,
+                sas=" ".join(event.keys.sas),
+                send_key_fp=keys.send_fingerprint,
+                receive_key_fp=keys.receive_fingerprint,
             )
             self._on_record(self._confirmed)
         elif isinstance(event, PairingFailed):
@@ -301,7 +358,13 @@ class JoinerSession(PairingSessionBase):
             self.ctx.counters.incr("pair.failed.joiner")
             self.log.warning("pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail)
             # The detail (with the machine's state) is in the log; people get the code's meaning.
-            self._settle_error(errors.PairingFailed(event.code, remote=event.remote))
+            message = None
+            if event.code is ErrorCode.SAS_REFUSED:
+                who = "on the other device" if event.remote else "here"
+                message = (
+                    f"the SAS words were refused {who}: someone may be in the middle; nothing was stored"
+                )
+            self._settle_error(errors.PairingFailed(event.code, message, remote=event.remote))
         elif isinstance(event, PairingInDoubt):
             self._on_in_doubt(event)
         elif isinstance(event, PairingResolved):

@@ -26,6 +26,7 @@ from quicpair.actors.kernel.logs import get_logger
 from quicpair.actors.kernel.loopactor import ActorTimer, LoopActor
 from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.kernel.supervisor import ChildSpec, Restart
+from quicpair.actors.pairing.device import CheckChain
 from quicpair.actors.pairing.initiator import Adopt, InitiatorSession
 from quicpair.actors.transport.listener import Listener, listen
 from quicpair.actors.transport.quic_link import QuicLink
@@ -127,21 +128,25 @@ class ListenerActor(Supervised, LoopActor):
 
     # -- codes -----------------------------------------------------------------
 
-    def open_code(self) -> tuple[str, str, int, float]:
-        """Open a code; returns (code text, URI text, nameplate, seconds to expiry)."""
+    def open_code(self, verify: bool = False) -> tuple[str, str, int, float]:
+        """Open a code; returns (code text, URI text, nameplate, seconds to expiry).
+
+        ``verify``: each pairing with it waits for both people to confirm the SAS.
+        """
         ctx = self.ctx
         now = ctx.clock()
         pairing = ctx.settings.pairing
         code = ctx.codebook.open(now, ctx.rand, expiry=pairing.code_expiry, max_attempts=pairing.max_attempts)
-        ctx.offers[code.nameplate] = Offer(code.nameplate)
+        ctx.offers[code.nameplate] = Offer(code.nameplate, verify=verify, checks=CheckChain())
         uri = PairingUri(code, ctx.identity.node_id, tuple(ctx.uri_addresses()))
         self.log.info("pairing.code_opened", nameplate=code.nameplate, expires_in=pairing.code_expiry)
         self._arm_expiry()
         return code.text, uri.text, code.nameplate, pairing.code_expiry
 
     def offer_future(self, nameplate: int) -> Any:
+        """(the offer's result future, its CheckChain), or None once it ended."""
         offer = self.ctx.offers.get(nameplate)
-        return None if offer is None else offer.result
+        return None if offer is None else (offer.result, offer.checks)
 
     def cancel_code(self, nameplate: int) -> bool:
         offer = self.ctx.offers.pop(nameplate, None)
@@ -149,7 +154,9 @@ class ListenerActor(Supervised, LoopActor):
             return False
         self.ctx.codebook.cancel(nameplate)
         if not offer.result.done():
-            offer.result.set_exception(errors.PairingFailed(ErrorCode.CODE_USED_UP, "the code was cancelled"))
+            offer.result.set_exception(
+                errors.PairingFailed(ErrorCode.CODE_CANCELLED, "the code was cancelled")
+            )
         self._arm_expiry()
         return True
 
@@ -186,7 +193,8 @@ class ListenerActor(Supervised, LoopActor):
             return ErrorCode.PROTOCOL_VIOLATION
         if alpn == ALPN_PAIR:
             if self.ctx.active_sessions >= self.ctx.settings.node.max_concurrent_pairings:
-                self.log.warning("pairing.shed", peer=peer.fingerprint, active=self.ctx.active_sessions)
+                log = self.ctx.unauth_log or self.log
+                log.warning("pairing.shed", peer=peer.fingerprint, active=self.ctx.active_sessions)
                 self.ctx.counters.incr("pair.shed")
                 return ErrorCode.BUSY
             return None

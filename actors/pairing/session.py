@@ -47,7 +47,7 @@ from quicpair.protocol.keys import PairingKeys, Role
 from quicpair.protocol.messages import DeviceInfo
 from quicpair.protocol.pairing import PairingMachine
 
-__all__ = ["LINGER", "PairingSessionBase", "SessionCrash"]
+__all__ = ["LINGER", "PairingSessionBase", "SessionCrash", "tell_if_alive"]
 
 #: After sending its last frame with FIN, a session waits this long for the
 #: peer to close before closing itself: closing at once could drop the frame
@@ -340,6 +340,7 @@ class PairingSessionBase(Supervised, LoopActor):
             updated_at=now,
             addresses=addresses,
             observed_address=observed,
+            sas=keys.sas,
         )
         self._pending_record = (peer, keys.pairing_id)
         self.write(what, "add_pending", record, durable)
@@ -368,7 +369,7 @@ class PairingSessionBase(Supervised, LoopActor):
     # -- lifecycle -------------------------------------------------------------
 
     def on_start(self) -> None:
-        self.log.info("pairing.session_started")
+        self.log.debug("pairing.session_started")
         try:
             self.begin()
         except Exception as exc:
@@ -433,3 +434,10 @@ def _log_failure(log: Any, event: str) -> Any:
             log.error(event, error=repr(fut.exception()))
 
     return done
+
+
+def tell_if_alive(ref: Any, message: Any) -> None:
+    """Tell a session ``message`` from any thread; nothing if it has ended meanwhile
+    (a person answering a SAS check after the peer already refused, say)."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)

@@ -168,6 +168,12 @@ class RegistryActor(pykka.ThreadingActor):
     def record_observed(self, node_id: NodeId, address: str, now: float) -> bool:
         return self._ready().record_observed(node_id, address, now)
 
+    def add_manual_address(self, node_id: NodeId, address: str, now: float) -> bool:
+        return self._ready().add_manual_address(node_id, address, now)
+
+    def remove_address(self, node_id: NodeId, address: str, now: float) -> bool:
+        return self._ready().remove_address(node_id, address, now)
+
     def revoke(self, node_id: NodeId, now: float, notify_peer: bool) -> bool:
         return self._ready().revoke(node_id, now, notify_peer)
 

@@ -26,6 +26,10 @@ Schema history (:data:`MIGRATIONS`):
 3. Acknowledged delivery: ``receive_mark`` (per device, deleted with its row),
    ``outbox`` (queued sends), ``inbox`` (received, not yet taken by the application)
    and ``node_state`` (the send epoch).
+4. ``sas`` on ``device`` and ``pending_pairing`` (the SAS words, space-separated; ''
+   for pairings made before), and ``address.source`` may be ``manual`` (added by a
+   person with ``quicpair address``: neither the peer's announcements nor observations
+   replace it).
 """
 
 from __future__ import annotations
@@ -162,13 +166,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             value INTEGER NOT NULL
         ) WITHOUT ROWID""",
     ),
+    (
+        "ALTER TABLE device ADD COLUMN sas TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE pending_pairing ADD COLUMN sas TEXT NOT NULL DEFAULT ''",
+        # A CHECK cannot be altered in SQLite: the address table is rebuilt with 'manual'.
+        """CREATE TABLE address_v4 (
+            node_id BLOB NOT NULL REFERENCES device (node_id) ON DELETE CASCADE,
+            address TEXT NOT NULL CHECK (length(address) > 0),
+            last_worked REAL,
+            source TEXT NOT NULL CHECK (source IN ('announced', 'observed', 'manual')),
+            rank INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (node_id, address)
+        ) WITHOUT ROWID""",
+        "INSERT INTO address_v4 (node_id, address, last_worked, source, rank) "
+        "SELECT node_id, address, last_worked, source, rank FROM address",
+        "DROP TABLE address",
+        "ALTER TABLE address_v4 RENAME TO address",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: The columns of ``device`` and ``pending_pairing``, named after DeviceRecord's fields.
 DEVICE_COLUMNS = (
     *("node_id", "name", "role", "state", "pairing_id", "pairing_secret", "send_key_fp"),
-    *("receive_key_fp", "paired_at", "updated_at", "unpair_pending", "observed_address"),
+    *("receive_key_fp", "paired_at", "updated_at", "unpair_pending", "observed_address", "sas"),
 )
 #: The columns the store's queries use; a registry without them is not one we can read.
 _REQUIRED_COLUMNS: dict[str, frozenset[str]] = {
@@ -208,7 +229,9 @@ def open_registry(path: Path, migrations: Sequence[Sequence[str]] = MIGRATIONS) 
     _check_file(path)
     try:
         conn = sqlite3.connect(
-            path.resolve().as_uri() + "?mode=rw",  # never let SQLite create it
+            # Never let SQLite create it. Python's sqlite3 cannot pass SQLITE_OPEN_NOFOLLOW:
+            # _check_file refused symlinks just before, and the home belongs to us alone.
+            path.absolute().as_uri() + "?mode=rw",
             uri=True,
             isolation_level=None,  # autocommit; transactions are explicit (BEGIN/COMMIT)
         )
@@ -228,7 +251,7 @@ def open_registry(path: Path, migrations: Sequence[Sequence[str]] = MIGRATIONS) 
 def _create_if_missing(path: Path) -> None:
     """Create an empty file, owner-only, before SQLite sees the path."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         return
     except OSError as exc:
@@ -246,7 +269,13 @@ def _create_if_missing(path: Path) -> None:
 def _check_file(path: Path) -> None:
     """Refuse, before SQLite opens it, a file that is unsafe or not SQLite."""
     try:
-        st = os.stat(path)
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            # SQLite opens these next to the file; none may lead outside the home.
+            if os.path.islink(f"{path}{suffix}"):
+                raise RegistryError(
+                    f"registry {path}{suffix} is a symbolic link; refusing to follow it ({_UNTOUCHED})"
+                )
+        st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode):
             raise RegistryError(f"registry {path} is not a regular file")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -254,8 +283,11 @@ def _check_file(path: Path) -> None:
                 f"registry {path} is accessible by other users "
                 f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
             )
-        with open(path, "rb") as f:
-            header = f.read(_HEADER_SIZE)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            header = os.pread(fd, _HEADER_SIZE, 0)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise RegistryError(f"cannot read registry {path}: {exc.strerror}") from exc
     # An empty file is one we created and never got to initialise: a new registry.

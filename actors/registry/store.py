@@ -135,6 +135,8 @@ class DeviceRecord:
     unpair_pending: bool = False
     #: Where the device last connected from, if it did.
     observed_address: str | None = None
+    #: The SAS words of the pairing (empty for pairings stored before they were kept).
+    sas: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (isinstance(self.node_id, NodeId) and isinstance(self.role, Role)):
@@ -205,12 +207,12 @@ class _Tables:
     insert_announced: str
 
 
-#: The pairing in use per device. Most recently worked addresses first; then the
-#: announced ones in the peer's order; observed last.
+#: The pairing in use per device. Most recently worked addresses first; then the ones a
+#: person added by hand; then the announced ones in the peer's order; observed last.
 _DEVICE = _Tables(
     "device",
     "address",
-    "last_worked IS NULL, last_worked DESC, source = 'observed', rank, address",
+    "last_worked IS NULL, last_worked DESC, source != 'manual', source = 'observed', rank, address",
     "INSERT INTO address (node_id, address, last_worked, source, rank) VALUES (?, ?, NULL, 'announced', ?)",
 )
 #: A new pairing waiting to replace a record that must survive until it commits.
@@ -234,6 +236,7 @@ _TO_SQL: dict[str, Callable[[Any], Any]] = {
     "role": lambda v: v.value,
     "state": lambda v: v.value,
     "unpair_pending": int,
+    "sas": " ".join,
 }
 _FROM_SQL: dict[str, Callable[[Any], Any]] = {
     "node_id": lambda v: NodeId(bytes(v)),
@@ -242,6 +245,7 @@ _FROM_SQL: dict[str, Callable[[Any], Any]] = {
     "pairing_id": bytes,
     "pairing_secret": bytes,
     "unpair_pending": bool,
+    "sas": lambda v: tuple(v.split()),
 }
 
 
@@ -391,7 +395,8 @@ class RegistryStore:
             conn.executemany(
                 "INSERT INTO address (node_id, address, last_worked, source, rank) "
                 "VALUES (?, ?, NULL, 'announced', ?) "
-                "ON CONFLICT (node_id, address) DO UPDATE SET source = 'announced', rank = excluded.rank",
+                "ON CONFLICT (node_id, address) DO UPDATE SET rank = excluded.rank, "
+                "source = CASE source WHEN 'manual' THEN 'manual' ELSE 'announced' END",
                 [(raw, a, i) for i, a in enumerate(wanted)],
             )
             return True
@@ -433,6 +438,30 @@ class RegistryStore:
             )
             self._trim_observed(conn, node_id)
             return True
+
+    def add_manual_address(self, node_id: NodeId, address: str, now: float) -> bool:
+        """A person says the device can be reached at ``address``: kept until they remove it,
+        tried right after the addresses that worked (an announced one becomes manual)."""
+        with self._transaction("add_manual_address") as conn:
+            if not self._touch(conn, node_id, now):
+                return False
+            conn.execute(
+                "INSERT INTO address (node_id, address, last_worked, source) VALUES (?, ?, NULL, 'manual') "
+                "ON CONFLICT (node_id, address) DO UPDATE SET source = 'manual'",
+                (node_id.raw, address),
+            )
+            return True
+
+    def remove_address(self, node_id: NodeId, address: str, now: float) -> bool:
+        """Forget ``address`` for the device, whatever its source; False if it was not stored.
+        (The peer may announce it again at its next contact.)"""
+        with self._transaction("remove_address") as conn:
+            if not self._touch(conn, node_id, now):
+                return False
+            cursor = conn.execute(
+                "DELETE FROM address WHERE node_id = ? AND address = ?", (node_id.raw, address)
+            )
+            return cursor.rowcount == 1
 
     def revoke(self, node_id: NodeId, now: float, notify_peer: bool) -> bool:
         """Unpair: its links are refused from now on; the record stays until :meth:`remove`.

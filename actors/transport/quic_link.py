@@ -469,7 +469,8 @@ class QuicLink:
         code = error.code if isinstance(error, ProtocolError) else ErrorCode.TIMEOUT
         self._close_info = (code, str(error), False)
         self._pending.clear()  # nothing from an unchecked peer is ever delivered
-        self._log.info("quic.handshake_failed", error=str(error), dialer=self.is_dialer)
+        # Debug: a stranger can fail handshakes as often as it likes.
+        self._log.debug("quic.handshake_failed", error=str(error), dialer=self.is_dialer)
         self._owner.link_failed(self, error)
         self._release()
 

@@ -52,6 +52,19 @@ set) and ``_replenish_connection_ids()`` (overridden, calls the original first)
     How many probe timeouts in a row went unanswered: a peer silent through
     several is gone (actors/transport/quic_link.py's dead-peer rule).
 
+What a peer may open, and sign with, goes through two more:
+
+``QuicConnection._local_max_streams_bidi`` / ``_local_max_streams_uni``  (replaced)
+    The streams the peer may open, sent in the transport parameters and raised
+    by aioquic as streams close. Both ALPNs use exactly one bidirectional
+    stream opened by the client (PROTOCOL.md 3.1), so a server lets its peer
+    open 1 bidirectional and 0 unidirectional streams, a client 0 and 0, and
+    the limits never grow (:class:`_FixedLimit`): a second stream is a QUIC
+    STREAM_LIMIT_ERROR, not a stream the node has to refuse.
+``tls.Context._signature_algorithms``  (set to Ed25519 only)
+    What the ClientHello and the CertificateRequest offer, and what a
+    CertificateVerify may use: only what a node certificate can carry.
+
 Also relied on (behaviour, pinned by the same tests): an idle timeout ends a
 connection with ``ConnectionTerminated(reason_phrase="Idle timeout")``.
 
@@ -67,12 +80,12 @@ import hmac
 import os
 import ssl
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]  # re-exported from _buffer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection, QuicReceiveContext
+from aioquic.quic.connection import Limit, QuicConnection, QuicReceiveContext
 from aioquic.quic.events import HandshakeCompleted
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from cryptography import x509
@@ -84,11 +97,14 @@ from quicpair.protocol.keys import RESET_TOKEN_SIZE, stateless_reset_token
 __all__ = [
     "IDLE_TIMEOUT_REASON",
     "MIN_STATELESS_RESET",
+    "PEER_STREAMS_TO_CLIENT",
+    "PEER_STREAMS_TO_SERVER",
     "PeerClose",
     "PinnedQuicConnection",
     "check_handshake",
     "code_from_peer_close",
     "code_from_transport",
+    "enable_key_log",
     "quic_configuration",
 ]
 
@@ -108,6 +124,8 @@ _IDENTITY_ALERTS = frozenset(
         tls.AlertDescription.unknown_ca,
         tls.AlertDescription.access_denied,
         tls.AlertDescription.certificate_required,
+        # Only Ed25519 is offered (_initialize): a peer whose key is not Ed25519 cannot sign.
+        tls.AlertDescription.handshake_failure,
     }
 )
 # The protocol version lives in the ALPN: no common ALPN means no common version.
@@ -134,6 +152,21 @@ class PeerClose:
     reason: str
 
 
+#: Where TLS secrets go when a person turned the key log on (enable_key_log); process-wide,
+#: like OpenSSL's SSLKEYLOGFILE.
+_key_log: TextIO | None = None
+
+
+def enable_key_log(path: str) -> None:
+    """Append every connection's TLS secrets to ``path`` (NSS key log format) from now on.
+
+    Opened owner-only, append, never through a symlink. OSError if it cannot be.
+    """
+    global _key_log
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    _key_log = os.fdopen(fd, "a", buffering=1, encoding="ascii")
+
+
 def quic_configuration(
     identity: Identity, *, is_client: bool, alpns: list[str], idle_timeout: float, now: float
 ) -> QuicConfiguration:
@@ -152,7 +185,29 @@ def quic_configuration(
         private_key=identity.private_key,
         server_name=None,
         session_ticket=None,
+        secrets_log_file=_key_log,
     )
+
+
+#: Streams the peer may open: (bidirectional, unidirectional), by our side's role.
+PEER_STREAMS_TO_SERVER = (1, 0)
+PEER_STREAMS_TO_CLIENT = (0, 0)
+
+
+class _FixedLimit(Limit):
+    """A stream limit that stays where it was set (aioquic raises it as streams close)."""
+
+    def __init__(self, old: Limit, value: int) -> None:
+        self._cap = value
+        super().__init__(frame_type=old.frame_type, name=old.name, value=value)
+
+    @property
+    def value(self) -> int:
+        return self._cap
+
+    @value.setter
+    def value(self, _new: int) -> None:
+        pass  # never raised: one stream per connection, for the connection's life
 
 
 class PinnedQuicConnection(QuicConnection):
@@ -184,6 +239,9 @@ class PinnedQuicConnection(QuicConnection):
         )
         self._derive_reset_tokens()
         self.expect = expect
+        bidi, uni = PEER_STREAMS_TO_CLIENT if configuration.is_client else PEER_STREAMS_TO_SERVER
+        self._local_max_streams_bidi = _FixedLimit(self._local_max_streams_bidi, bidi)
+        self._local_max_streams_uni = _FixedLimit(self._local_max_streams_uni, uni)
         #: The NodeId our hook verified during the handshake (None until then).
         self.verified_peer: NodeId | None = None
         #: Why our hook refused the peer's certificate (None if it did not).
@@ -230,6 +288,8 @@ class PinnedQuicConnection(QuicConnection):
         context.new_session_ticket_cb = None
         if not self.configuration.is_client:
             context._request_client_certificate = True
+        # Offer and accept only the signature a node certificate can make (RFC 8446 4.2.3).
+        context._signature_algorithms = [tls.SignatureAlgorithm.ED25519]
         original = context._check_certificate_verify_signature
 
         def check_then_vet(verify: tls.CertificateVerify) -> None:

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from quicpair.actors.transport.quic_link import Address
 from quicpair.protocol.addresses import unmapped
-from quicpair.protocol.errors import ConfigError
+from quicpair.protocol.errors import AddressInUse, ConfigError
 
 __all__ = ["UdpSocket", "check_timers", "consume", "listen_socket", "route_source", "sockaddr"]
 
@@ -92,6 +92,11 @@ def _bind(sock: socket.socket, address: Any, shown: str) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(
+                f"UDP port {address[1]} on {shown.rpartition(':')[0]} is already in use by another "
+                "program; stop it, or listen elsewhere (--listen HOST:PORT, or [node] listen_port)"
+            ) from exc
         raise ConfigError(f"cannot listen on {shown}: {exc.strerror or exc}") from exc
     return sock
 

@@ -31,14 +31,14 @@ def test_defaults() -> None:
     settings = load_settings()
     assert settings.node.listen_host == "::", "dual-stack by default (issue 12)"
     assert (settings.node.listen_port, settings.node.max_concurrent_pairings) == (47470, 32)
-    assert dataclasses.astuple(settings.pairing) == (300.0, 3, 10.0, 30.0, 32)
+    assert dataclasses.astuple(settings.pairing) == (300.0, 3, 10.0, 30.0, 32, False, 120.0)
     assert dataclasses.astuple(settings.link) == (
         *(9.0, 6.0, 5, 1.0),  # dead peer: idle timeout, keep-alive, probe timeouts, liveness check
         *(256, 4 << 20, 1024, 16 << 20),  # acknowledged delivery: window and outbox
         *(0.5, 30.0, 0.2, 10.0, 0.25, 5.0),  # reconnection
     )
     assert settings.discovery.mdns is True
-    assert (settings.log.level, settings.log.format) == ("info", "auto")
+    assert (settings.log.level, settings.log.format, settings.log.tls_key_log) == ("info", "auto", "")
     testing = dataclasses.astuple(settings.testing)
     assert testing == (False, False, "", False, False, ""), "fault injection is off"
     assert settings.node.name, "an empty name in the defaults becomes the host name"

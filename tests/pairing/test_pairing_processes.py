@@ -237,7 +237,7 @@ def test_pairing_succeeds_with_one_connection_one_stream_and_directional_keys(
     assert a_sees["receive_key_fingerprint"] == b_sees["send_key_fingerprint"]
     assert a_sees["send_key_fingerprint"] != a_sees["receive_key_fingerprint"]
     assert b_sees["send_key_fingerprint"] != b_sees["receive_key_fingerprint"]
-    assert (a_done["send_key"], a_done["receive_key"]) == (
+    assert (a_done["send_key_fp"], a_done["receive_key_fp"]) == (
         a_sees["send_key_fingerprint"],
         a_sees["receive_key_fingerprint"],
     )

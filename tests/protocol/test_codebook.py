@@ -117,11 +117,11 @@ def test_a_code_expires_for_new_claims_but_a_held_one_may_finish() -> None:
     assert late_status is not None and late_status.state is CodeState.EXPIRED
 
 
-def test_a_cancelled_code_is_used_up() -> None:
+def test_a_cancelled_code_says_it_was_cancelled() -> None:
     book = Codebook()
     code = book.open(NOW, rand().randbytes)
     book.cancel(code.nameplate)
-    assert refused(book, code.nameplate) is ErrorCode.CODE_USED_UP
+    assert refused(book, code.nameplate) is ErrorCode.CODE_CANCELLED
 
 
 def test_release_and_failure_of_an_unheld_code_change_nothing() -> None:

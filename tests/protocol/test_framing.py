@@ -46,19 +46,21 @@ from quicpair.protocol.messages import (
     PairRequest,
     PairResolve,
     PairResponse,
+    PairSasConfirmed,
 )
 
 FUZZ = settings(max_examples=1500, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 
 SAMPLES: list[Message] = [
     PairRequest(nameplate=42, pake=bytes(range(33))),
-    PairChallenge(pake=b"\x01" * 33, confirm=b"\x02" * 32),
-    PairResponse(confirm=b"\x03" * 32, sealed=b"sealed device info"),
+    PairChallenge(pake=b"\x01" * 33, confirm=b"\x02" * 32, flags=0),
+    PairResponse(confirm=b"\x03" * 32, sealed=b"sealed device info", flags=1),
     PairComplete(sealed=b""),
     PairDone(mac=b"\x04" * 32),
     PairCommit(mac=b"\x05" * 32),
     PairReject(code=ErrorCode.WRONG_CODE, reason="wrong code"),
     PairResolve(pairing_id=b"\x06" * 32, mac=b"\x07" * 32),
+    PairSasConfirmed(mac=b"\x0a" * 32),
     DeviceInfo(name="alice-laptop", addresses=["192.0.2.7:4433", "[::1]:4433"]),
     LinkHello(nonce=b"\x08" * 32, pairing=bytes(8), addresses=[]),
     LinkSealed(seq=2**64 - 1, box=b"\x09" * 100),
@@ -70,7 +72,7 @@ SAMPLES: list[Message] = [
 
 # The biggest value every field allows, to prove the limits themselves encode and fit a frame.
 LARGEST: list[Message] = [
-    PairResponse(confirm=b"\x00" * 32, sealed=b"\xff" * 65_000),
+    PairResponse(confirm=b"\x00" * 32, sealed=b"\xff" * 65_000, flags=2**64 - 1),
     PairComplete(sealed=b"\xff" * 65_000),
     PairReject(code=2**64 - 1, reason="é" * 128),  # 256 UTF-8 bytes
     DeviceInfo(name="x" * 128, addresses=["a" * 64] * 16),
@@ -223,7 +225,7 @@ MALFORMED: list[tuple[str, bytes, ErrorCode, str]] = [
     ("version as bool", body(1, GOOD_REQUEST, version=True), BAD, "got boolean"),
     ("version as str", body(1, GOOD_REQUEST, version="1"), BAD, "got string"),
     ("unknown tag", body(99, {}), ErrorCode.UNKNOWN_MESSAGE, "tag 99"),
-    ("unknown tag in a gap", body(10, {}), ErrorCode.UNKNOWN_MESSAGE, "tag 10"),
+    ("unknown tag in a gap", body(11, {}), ErrorCode.UNKNOWN_MESSAGE, "tag 11"),
     ("negative tag", body(-1, {}), ErrorCode.UNKNOWN_MESSAGE, "tag -1"),
     ("tag as bool", body(True, GOOD_REQUEST), BAD, "tag must be an integer"),
     ("tag as str", body("PairRequest", GOOD_REQUEST), BAD, "got string"),

@@ -213,7 +213,7 @@ def test_a_joiner_that_skips_checking_confirmation_is_caught_by_the_initiator(
 ) -> None:
     alice, bob = initiator(book), joiner(wrong_words(code))
     transfer(bob, alice)
-    forged = PairResponse(confirm=bytes(32), sealed=b"\x00" * 40)
+    forged = PairResponse(confirm=bytes(32), sealed=b"\x00" * 40, flags=0)
     alice.machine.receive_data(encode_frame(forged), NOW)
     alice.pump(NOW)
     assert alice.failure().code is ErrorCode.WRONG_CODE and not alice.failure().remote

@@ -27,6 +27,7 @@ from quicpair.protocol.messages import (
     PairRequest,
     PairResolve,
     PairResponse,
+    PairSasConfirmed,
 )
 from quicpair.protocol.pairing import (
     InitiatorState,
@@ -194,8 +195,9 @@ def valid_frames() -> st.SearchStrategy[bytes]:
     pake = st.builds(lambda side, rest: side + rest, st.sampled_from([b"A", b"B"]), b32)
     messages = st.one_of(
         st.builds(PairRequest, nameplate=st.just(FUZZ_NAMEPLATE) | st.integers(0, 10_000), pake=pake),
-        st.builds(PairChallenge, pake=pake, confirm=b32),
-        st.builds(PairResponse, confirm=b32, sealed=st.binary(max_size=80)),
+        st.builds(PairChallenge, pake=pake, confirm=b32, flags=st.integers(0, 3)),
+        st.builds(PairResponse, confirm=b32, sealed=st.binary(max_size=80), flags=st.integers(0, 3)),
+        st.builds(PairSasConfirmed, mac=b32),
         st.builds(PairComplete, sealed=st.binary(max_size=80)),
         st.builds(PairDone, mac=b32),
         st.builds(PairCommit, mac=b32),

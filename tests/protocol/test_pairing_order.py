@@ -74,8 +74,8 @@ def test_the_state_drivers_reach_every_open_state(book: Codebook, code: PairingC
 
 SAMPLES: list[Message] = [
     PairRequest(nameplate=1, pake=b"B" + bytes(32)),
-    PairChallenge(pake=b"A" + bytes(32), confirm=bytes(32)),
-    PairResponse(confirm=bytes(32), sealed=bytes(40)),
+    PairChallenge(pake=b"A" + bytes(32), confirm=bytes(32), flags=0),
+    PairResponse(confirm=bytes(32), sealed=bytes(40), flags=0),
     PairComplete(sealed=bytes(40)),
     PairDone(mac=bytes(32)),
     PairCommit(mac=bytes(32)),

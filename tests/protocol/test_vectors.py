@@ -290,13 +290,36 @@ def test_the_frames_carry_the_derived_values() -> None:
     k, s = V["pairing"]["keys"], V["pairing"]["spake2"]
     ins = V["inputs"]
     assert sent["PairRequest"] == {"nameplate": ins["code"]["nameplate"], "pake": s["pake_joiner"]}
-    assert sent["PairChallenge"] == {"pake": s["pake_initiator"], "confirm": k["confirm_initiator"]}
-    assert sent["PairResponse"]["confirm"] == k["confirm_joiner"]
+    challenge = {"pake": s["pake_initiator"], "confirm": k["confirm_initiator"], "flags": 0}
+    assert sent["PairChallenge"] == challenge
+    assert sent["PairResponse"]["confirm"] == k["confirm_joiner"] and sent["PairResponse"]["flags"] == 0
     assert sent["PairDone"]["mac"] == k["done_mac"] and sent["PairCommit"]["mac"] == k["commit_mac"]
     resolve = next(e for e in V["resolve_committed"]["log"] if e.get("message") == "PairResolve")
     assert resolve["fields"] == {"pairing_id": V["pairing"]["transcript"]["pairing_id"], "mac": k["done_mac"]}
     code = ins["code"]
     assert code["secret"] == "-".join(code["words"]).encode().hex() and code["text"].startswith("4207-")
+
+
+def test_sas_verification_from_the_spec() -> None:
+    """Section 10.8: VERIFY_SAS set, one PairSasConfirmed each way (MACs of 8.4), then 10.1."""
+    th, secret = h(V["pairing"]["transcript"]["pairing_id"]), h(V["pairing"]["keys"]["k_pairing_secret"])
+    verified = V["sas_verified"]
+    frames = [(e["from"], e["message"], e["fields"]) for e in verified["log"] if "frame" in e]
+    challenge = next(f for who, name, f in frames if name == "PairChallenge")
+    assert challenge["flags"] & 1 == 1
+    macs = {}
+    for role in ("initiator", "joiner"):
+        key = expand(secret, f"quicpair/1 sas confirmed {role}".encode(), 32)
+        macs[role] = hmac256(key, th).hex()
+        assert verified["keys"][f"k_sas_confirmed_{role}"] == key.hex()
+        assert verified["keys"][f"sas_confirmed_{role}"] == macs[role]
+    confirmations = [(who, f["mac"]) for who, name, f in frames if name == "PairSasConfirmed"]
+    assert sorted(confirmations) == sorted(macs.items())
+    names = [name for who, name, _ in frames if who == "initiator"]
+    assert names.index("PairSasConfirmed") < names.index("PairComplete")
+    refused = [(e["from"], e["fields"]) for e in V["sas_refused"]["log"] if e.get("message") == "PairReject"]
+    assert refused == [("joiner", {"code": 0x25, "reason": refused[0][1]["reason"]})]
+    assert not any(e.get("message") == "PairComplete" for e in V["sas_refused"]["log"])
 
 
 def test_device_info_boxes_open_with_the_spec_nonce_and_aad() -> None:
@@ -365,7 +388,8 @@ BY_TAG = {m["tag"]: m for m in V["schema"]["messages"]}
 
 
 def all_frames() -> list[dict[str, Any]]:
-    logs = [V[name]["log"] for name in ("pairing", "resolve_committed", "resolve_aborted", "wrong_code")]
+    names = ("pairing", "resolve_committed", "resolve_aborted", "wrong_code", "sas_verified", "sas_refused")
+    logs = [V[name]["log"] for name in names]
     found: list[dict[str, Any]] = [e for log in logs for e in log if "frame" in e]
     for more in (V["link"]["hellos"], V["link"]["sealed"], V["framing"]["valid"]):
         found.extend(more)
@@ -496,7 +520,8 @@ def test_state_tables_match_the_machines() -> None:
     ):
         for (state, trigger), target in moves.items():
             shown = f"receive {trigger.__name__}" if isinstance(trigger, type) else f"`{trigger.value}()`"
-            expected.append(f"| {state.name} | {shown} | {target.name} |")
+            shown_target = " or ".join(t.name for t in target) if isinstance(target, tuple) else target.name
+            expected.append(f"| {state.name} | {shown} | {shown_target} |")
         for state, e in endings.items():
             flags = (e.pending, e.in_doubt, e.reads, e.ends_on_peer_close, e.may_reset)
             code = e.timeout_reject.name if e.tell_peer else "-"
@@ -591,6 +616,11 @@ EXPECTED_ENDINGS = {
     ),
     "resolve_committed": ("ResolveAnswered(pending_must_be_deleted=False", "PairingResolved(committed=True)"),
     "resolve_aborted": ("ResolveAnswered(pending_must_be_deleted=True", "PairingResolved(committed=False)"),
+    "sas_verified": ("PairingSucceeded", "PairingSucceeded"),
+    "sas_refused": (
+        "PairingFailed(code=SAS_REFUSED, remote=False",
+        "PairingFailed(code=SAS_REFUSED, remote=True",
+    ),
 }
 
 

@@ -87,6 +87,33 @@ def test_set_addresses_replaces_the_announced_set_keeping_what_worked(store: Reg
     assert store.get(node(1)).addresses == ()  # type: ignore[union-attr]
 
 
+def test_the_sas_is_kept_with_the_pairing(store: RegistryStore) -> None:
+    words = ("element", "immense", "penalty", "dignity")
+    store.add_pending(dataclasses.replace(pending(1), sas=words))
+    assert store.confirm(node(1), pairing_id(1), 150.0)
+    assert store.get(node(1)).sas == words  # type: ignore[union-attr]
+    store.add_pending(dataclasses.replace(repair(1), sas=("a", "b", "c", "d")))  # stored apart first
+    assert store.get(node(1)).sas == words  # type: ignore[union-attr]
+    assert store.confirm(node(1), repair(1).pairing_id, 160.0)
+    assert store.get(node(1)).sas == ("a", "b", "c", "d")  # type: ignore[union-attr]
+
+
+def test_a_manual_address_stays_until_a_person_removes_it(store: RegistryStore) -> None:
+    confirmed(store, 1, addresses=("a:1", "b:2"))
+    assert store.add_manual_address(node(1), "m:9", 300.0)
+    assert store.get(node(1)).addresses == ("m:9", "a:1", "b:2")  # type: ignore[union-attr]
+    store.mark_address_worked(node(1), "b:2", 310.0)
+    assert store.set_addresses(node(1), ["c:3", "m:9"], 320.0)  # the peer announces it too, then not
+    assert store.set_addresses(node(1), ["c:3"], 330.0)
+    store.record_observed(node(1), "o:5", 340.0)
+    # b:2 went with the announcement that dropped it; the manual one stays, before the peer's.
+    assert store.get(node(1)).addresses == ("m:9", "c:3", "o:5")  # type: ignore[union-attr]
+    assert store.remove_address(node(1), "m:9", 350.0)
+    assert not store.remove_address(node(1), "m:9", 360.0)
+    assert store.get(node(1)).addresses == ("c:3", "o:5")  # type: ignore[union-attr]
+    assert not store.add_manual_address(node(2), "m:9", 370.0)
+
+
 def test_addresses_that_worked_come_first_most_recent_first(store: RegistryStore) -> None:
     confirmed(store, 1, addresses=("a:1", "b:2", "c:3"))
     store.mark_address_worked(node(1), "c:3", 300.0)

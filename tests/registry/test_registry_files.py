@@ -232,12 +232,13 @@ def test_a_version_1_registry_is_migrated_keeping_its_devices_and_addresses(db: 
         assert store.get(node(1)).pairing_id == pairing_id(1, generation=2)  # type: ignore[union-attr]
         assert store.get(node(2)) == devices[1] and store.get(node(3)) == devices[2]
     conn = raw(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {
-        *("device", "address", "pending_pairing", "pending_address"),  # versions 1 and 2
-        *("receive_mark", "outbox", "node_state"),  # version 3: acknowledged delivery
+        *("device", "address", "pending_pairing", "pending_address"),  # versions 1 and 2 (4: address rebuilt)
+        *("receive_mark", "outbox", "inbox", "node_state"),  # version 3: acknowledged delivery
     }
+    assert {r[1] for r in conn.execute("PRAGMA table_info(device)")} >= {"sas"}  # version 4
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()

@@ -73,7 +73,9 @@ READY_TIMEOUT = 20.0
 #: Bound on a clean stop: actors stopped in reverse, port released, loop joined.
 STOP_TIMEOUT = 10.0
 #: Settings every test node gets: no mDNS (tests stay on loopback), terse logs.
-BASE_SETTINGS = ("discovery.mdns=false", "log.level=info")
+#: debug: the tests wait for lifecycle events (actor.exited, pairing.session_started...)
+#: that a node logs below info.
+BASE_SETTINGS = ("discovery.mdns=false", "log.level=debug")
 
 
 def poll(predicate: Callable[[], Any], *, timeout: float, what: str, fail: Callable[[str], None]) -> None:

@@ -7,9 +7,12 @@ a test starts is stopped at teardown (SIGTERM, then SIGKILL), pass or fail.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import queue
+import select
 import signal
 import socket
 import stat
@@ -83,13 +86,14 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], status: int, *f
 class Proc:
     """A long-running CLI process (``run``, ``pair``): stdout read line by line, with bounds."""
 
-    def __init__(self, name: str, argv: list[str], stderr_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], stderr_path: Path, *, stdin: bool = False) -> None:
         self.name = name
         self.stderr_path = stderr_path
         with open(stderr_path, "w", encoding="utf-8") as err:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "quicpair.tools.cli", *argv],
-                cwd=REPO, env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+                cwd=REPO, env=ENV, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err, text=True,
             )  # fmt: skip
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name=f"test-{name}-stdout")
@@ -111,6 +115,12 @@ class Proc:
                 f"{self.name}: exited ({self.popen.poll()}) before the line; stderr:\n{self.stderr()}"
             )
         return line
+
+    def answer(self, text: str) -> None:
+        """Type a line on the command's stdin (started with ``stdin=True``)."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(text + "\n")
+        self.popen.stdin.flush()
 
     def json_line(self, timeout: float = COMMAND_TIMEOUT) -> dict[str, Any]:
         parsed: dict[str, Any] = json.loads(self.line(timeout))
@@ -143,8 +153,8 @@ def procs(tmp_path: Path) -> Iterator[Any]:
     started: list[Proc] = []
 
     class Starter:
-        def start(self, name: str, *argv: str) -> Proc:
-            proc = Proc(name, list(argv), tmp_path / f"{name}.stderr")
+        def start(self, name: str, *argv: str, stdin: bool = False) -> Proc:
+            proc = Proc(name, list(argv), tmp_path / f"{name}.stderr", stdin=stdin)
             started.append(proc)
             return proc
 
@@ -154,7 +164,7 @@ def procs(tmp_path: Path) -> Iterator[Any]:
         def daemons(self, *specs: tuple[Any, ...]) -> list[tuple[Proc, dict[str, Any]]]:
             """Start ``quicpair run`` for each (name, home, *options) at once; wait until each is ready."""
             started = [
-                self.start(name, "--home", str(home), "run", "--json", *LOOPBACK, *extra)
+                self.start(name, "--home", str(home), "run", "--init", "--json", *LOOPBACK, *extra)
                 for name, home, *extra in specs
             ]
             ready = [(proc, proc.json_line()) for proc in started]
@@ -210,10 +220,15 @@ def test_init_refuses_a_home_other_users_can_enter(tmp_path: Path) -> None:
 # -- usage and format errors ------------------------------------------------------------------------
 
 
+def json_lines(text: str) -> list[Any]:
+    """``--json`` output: one JSON object per line."""
+    return [json.loads(line) for line in text.splitlines()]
+
+
 USAGE_ERRORS = [
     ([], "the following arguments are required: COMMAND"),
     (["fly"], "invalid choice: 'fly'"),
-    (["join"], "the following arguments are required: CODE_OR_URI"),
+    (["join"], "give CODE_OR_URI"),
     (["pair", "--timeout", "soon"], "'soon': expected seconds"),
     (["join", "1-a-b-c", "--timeout", "3600"], "at most 600"),
     (["run", "--set", "nonsense"], "expected SECTION.KEY=VALUE"),
@@ -225,13 +240,17 @@ USAGE_ERRORS = [
 ]
 
 
-def test_usage_errors_exit_2_with_argparse_message(tmp_path: Path) -> None:
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     results = quicpair_all([argv for argv, _ in USAGE_ERRORS], home=tmp_path / "home")
     for (argv, message), result in zip(USAGE_ERRORS, results, strict=True):
-        assert result.returncode == 2, (argv, result)
-        assert "usage: quicpair" in result.stderr and message in result.stderr, (argv, result.stderr)
-        assert "Traceback" not in result.stderr
+        assert_clean_error(result, 2, message)
+        assert len(result.stderr.splitlines()) == 1, (argv, result.stderr)
     assert not (tmp_path / "home").exists()
+    # Under --json the error is one JSON object too.
+    as_json = quicpair("--json", "devices", "--colour", home=tmp_path / "home")
+    assert as_json.returncode == 2 and len(as_json.stderr.splitlines()) == 1
+    error = json.loads(as_json.stderr)
+    assert error["exit_status"] == 2 and "unrecognized arguments: --colour" in error["error"]["message"]
 
 
 def test_a_mistyped_code_exits_3_naming_the_word(tmp_path: Path) -> None:
@@ -247,6 +266,9 @@ def test_commands_that_need_a_daemon_say_how_to_start_one(tmp_path: Path) -> Non
     results = quicpair_all([*commands, ["status"], ["stop"], *link_commands], home=home)
     for result in results:
         assert_clean_error(result, 7, "no quicpair daemon is running", "run")
+    as_json = json.loads(quicpair("status", "--json", home=home).stderr)
+    assert as_json["exit_status"] == 7 and as_json["error"]["type"] == "NoDaemon"
+    assert as_json["error"]["message"].startswith("no quicpair daemon is running")
     for result in results[: len(commands)]:
         assert "(or add --oneshot" in result.stderr
 
@@ -288,8 +310,8 @@ def test_two_daemons_pair_through_the_cli(tmp_path: Path, procs: Any) -> None:
     assert paired["event"] == "paired" and paired["device"]["node_id"] == bob["node_id"]
     assert pair.wait() == 0
 
-    a_devices = json.loads(quicpair("devices", "--json", home=alice_home).stdout)
-    b_devices = json.loads(quicpair("--json", "devices", home=bob_home).stdout)
+    a_devices = json_lines(quicpair("devices", "--json", home=alice_home).stdout)
+    b_devices = json_lines(quicpair("--json", "devices", home=bob_home).stdout)
     assert [(d["node_id"], d["state"], d["role"]) for d in a_devices] == [
         (bob["node_id"], "confirmed", "initiator")
     ]
@@ -301,14 +323,18 @@ def test_two_daemons_pair_through_the_cli(tmp_path: Path, procs: Any) -> None:
         a_dev["send_key_fingerprint"] == b_dev["receive_key_fingerprint"] != a_dev["receive_key_fingerprint"]
     )
     assert b_dev["send_key_fingerprint"] == a_dev["receive_key_fingerprint"]
+    # The SAS words: printed by join, stored on both sides, shown by devices.
+    assert len(a_dev["sas"]) == 4 and a_dev["sas"] == b_dev["sas"] == paired["device"]["sas"]
+    assert f"SAS          {' '.join(a_dev['sas'])}" in joined.stdout
     assert set(bob["addresses"]) <= set(a_dev["addresses"]) and set(alice["addresses"]) <= set(
         b_dev["addresses"]
     )
     table = quicpair("devices", home=alice_home).stdout
-    assert table.splitlines()[0].split() == ["FINGERPRINT", "NAME", "STATE", "ROLE", "ADDRESSES"]
-    assert bob["fingerprint"] in table and "confirmed" in table
+    header = ["FINGERPRINT", "NAME", "STATE", "PAIRED", "AS", "SAS", "ADDRESSES"]
+    assert table.splitlines()[0].split() == header
+    assert bob["fingerprint"] in table and "confirmed" in table and " ".join(a_dev["sas"]) in table
 
-    counters = json.loads(quicpair("status", "--json", home=bob_home).stdout)["counters"]
+    counters = json_lines(quicpair("status", "--json", home=bob_home).stdout)[0]["counters"]
     assert (
         counters["pair.connections.joiner"] == 2 and counters["pair.completed.joiner"] == 1
     )  # wrong + right
@@ -319,6 +345,42 @@ def test_two_daemons_pair_through_the_cli(tmp_path: Path, procs: Any) -> None:
         assert run.json_line() == {"event": "stopped"}
         assert run.wait() == 0
         assert not (home / "control.sock").exists()
+
+
+@pytest.mark.parametrize("bob_says", ["y", "n"])
+def test_verify_shows_the_sas_on_both_sides_and_pairs_only_when_both_confirm(
+    tmp_path: Path, procs: Any, bob_says: str
+) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    procs.daemons(*((f"{name}-run", home, "--set", f'node.name="{name}"') for name, home in homes.items()))
+    pair = procs.start("alice-pair", "--home", str(homes["alice"]), "pair", "--verify", "--json", stdin=True)
+    offer = pair.json_line()
+    join = procs.start("bob-join", "--home", str(homes["bob"]), "join", offer["uri"], "--json", stdin=True)
+    a_check, b_check = pair.json_line(), join.json_line()
+    assert a_check["event"] == b_check["event"] == "sas_check"
+    assert len(a_check["sas"]) == 4 and a_check["sas"] == b_check["sas"]
+    assert a_check["name"] == "bob"
+    # Nothing is stored while the people compare the words.
+    for home in homes.values():
+        assert quicpair("devices", "--pending", "--json", home=home).stdout == ""
+    pair.answer("y")
+    join.answer(bob_says)
+    if bob_says == "y":
+        assert pair.json_line()["event"] == join.json_line()["event"] == "paired"
+        assert pair.wait() == join.wait() == 0
+        for home in homes.values():
+            (device,) = json_lines(quicpair("devices", "--json", home=home).stdout)
+            assert device["sas"] == a_check["sas"] and device["state"] == "confirmed"
+        return
+    assert (pair.wait(), join.wait()) == (4, 4), (pair.stderr(), join.stderr())
+    for proc in (pair, join):
+        error = json.loads(proc.stderr().splitlines()[-1])["error"]
+        assert error["code"] == "SAS_REFUSED" and "nothing was stored" in error["message"]
+    for home in homes.values():
+        assert quicpair("devices", "--pending", "--json", home=home).stdout == ""
+    # The code may be known to someone in the middle: it is closed.
+    again = quicpair("join", offer["uri"], home=homes["bob"])
+    assert_clean_error(again, 4, "cancelled", "[CODE_CANCELLED]")
 
 
 def test_a_second_run_on_the_same_home_refuses(tmp_path: Path, procs: Any) -> None:
@@ -350,9 +412,9 @@ def test_pair_cancels_its_code_when_interrupted_or_timed_out(tmp_path: Path, pro
     pair = procs.start("pair", "--home", str(home), "pair", "--json")
     offer = pair.json_line()
     pair.popen.send_signal(signal.SIGINT)
-    assert pair.wait() == 130 and "quicpair: interrupted" in pair.stderr()
+    assert pair.wait() == 130 and json.loads(pair.stderr())["exit_status"] == 130
     assert _wait_offer(home, offer["nameplate"])["error"]["message"].endswith(
-        "the code was cancelled [CODE_USED_UP]"
+        "the code was cancelled [CODE_CANCELLED]"
     )
 
     # Killed outright, it cannot cancel: the daemon does, when the connection that opened the code ends.
@@ -360,13 +422,13 @@ def test_pair_cancels_its_code_when_interrupted_or_timed_out(tmp_path: Path, pro
     orphan = killed.json_line()
     killed.popen.kill()
     assert _wait_offer(home, orphan["nameplate"])["error"]["message"].endswith(
-        "the code was cancelled [CODE_USED_UP]"
+        "the code was cancelled [CODE_CANCELLED]"
     )
 
     timed_out = quicpair("pair", "--timeout", "0.3", home=home)
     assert_clean_error(timed_out, 4, "nobody paired within 0.3 s [TIMEOUT]")
     nameplate = int(timed_out.stdout.split()[1].split("-")[0])  # "Code  NNNN-word-word-word ..."
-    assert _wait_offer(home, nameplate)["error"]["code"] == "CODE_USED_UP"
+    assert _wait_offer(home, nameplate)["error"]["code"] == "CODE_CANCELLED"
 
 
 def test_a_killed_daemon_leaves_a_stale_socket_that_the_next_run_replaces(tmp_path: Path, procs: Any) -> None:
@@ -430,7 +492,7 @@ def test_the_daemon_answers_bad_requests_precisely_and_goes_on(tmp_path: Path, p
         )
         assert cancelled["result"] == {"cancelled": True}
         ended = json.loads(w.readline())
-        assert ended["id"] == 2 and ended["error"]["code"] == "CODE_USED_UP"
+        assert ended["id"] == 2 and ended["error"]["code"] == "CODE_CANCELLED"
         w.close()
         o.close()
     assert quicpair("status", home=home).returncode == 0
@@ -445,7 +507,7 @@ def test_oneshot_pairs_without_daemons(tmp_path: Path, procs: Any) -> None:
     assert pair.json_line()["event"] == "paired" and pair.wait() == 0
     devices = quicpair("devices", "--oneshot", "--json", home=alice_home)
     assert devices.returncode == 0, devices.stderr
-    assert [d["state"] for d in json.loads(devices.stdout)] == ["confirmed"]
+    assert [d["state"] for d in json_lines(devices.stdout)] == ["confirmed"]
 
 
 # -- paired links ------------------------------------------------------------------------------
@@ -476,7 +538,7 @@ def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: P
 
     def links_up() -> list[list[dict[str, Any]]] | None:
         results = quicpair_all([["--home", str(home), "links", "--json"] for home in homes.values()])
-        tables = [json.loads(result.stdout) for result in results]
+        tables = [json_lines(result.stdout) for result in results]
         return tables if all(t and t[0]["state"] == "up" for t in tables) else None
 
     a_links, b_links = wait_until("the link up on both sides", links_up)
@@ -521,7 +583,7 @@ def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: P
     ]
     assert got[0]["base64"] == "aGVsbG8gYm9i" and got[0]["node_id"] == info["alice"]["node_id"]
     follow.popen.send_signal(signal.SIGINT)
-    assert follow.wait() == 130 and "quicpair: interrupted" in follow.stderr()
+    assert follow.wait() == 130 and json.loads(follow.stderr())["error"]["message"] == "interrupted"
     assert "Traceback" not in follow.stderr()
 
     lines: list[str] = []
@@ -552,7 +614,7 @@ def test_paired_daemons_link_send_receive_and_unpair_through_the_cli(tmp_path: P
 
     def both_forgot() -> bool:
         results = quicpair_all([["--home", str(home), "devices", "--json"] for home in homes.values()])
-        return all(json.loads(result.stdout) == [] for result in results)
+        return all(json_lines(result.stdout) == [] for result in results)
 
     wait_until("both sides forget the pairing", both_forgot)
     after = quicpair_all(
@@ -670,3 +732,354 @@ def test_the_demo_runs_end_to_end(dialer: str) -> None:
         assert line in out, out
     last = out.rstrip().splitlines()[-1]
     assert last.startswith("All ") and " checks passed in " in last, out
+
+
+# -- errors that say what happened -------------------------------------------------------------
+
+
+def test_what_a_joiner_is_told_names_what_happened(tmp_path: Path, procs: Any) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    _, (_, bob) = procs.daemons(
+        ("alice-run", homes["alice"], "--set", "pairing.code_expiry=1"), ("bob-run", homes["bob"])
+    )
+    own = quicpair("join", "1-abandon-ability-able", "--address", bob["addresses"][0], home=homes["bob"])
+    assert_clean_error(own, 2, "this device's own address")
+    bare = quicpair("join", "1-abandon-ability-able", home=homes["bob"])
+    assert_clean_error(bare, 2, "mDNS) is off", "--address HOST:PORT")
+    typo = quicpair("join", "1-wya-abandon-able", home=homes["bob"])
+    assert_clean_error(typo, 3, "'wya'", "did you mean 'way'")
+
+    pair = procs.start("pair", "--home", str(homes["alice"]), "pair", "--json")
+    offer = pair.json_line()
+    assert pair.wait() == 4
+    assert json.loads(pair.stderr())["error"]["code"] == "CODE_EXPIRED"
+    expired = quicpair("join", offer["uri"], home=homes["bob"])
+    assert_clean_error(expired, 4, "expired", "[CODE_EXPIRED]")
+    own_code = quicpair("join", offer["uri"], home=homes["alice"])
+    assert_clean_error(own_code, 2, "opened by this device itself")
+
+
+def test_a_burned_code_says_why_once_with_a_count(tmp_path: Path, procs: Any) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    (_, alice), _ = procs.daemons(("alice-run", homes["alice"]), ("bob-run", homes["bob"]))
+    pair = procs.start("pair", "--home", str(homes["alice"]), "pair")
+    nameplate = pair.line().split()[1].split("-")[0]  # "Code  NNNN-word-word-word ..."
+    wrong = [f"{nameplate}-zoo-zoo-{word}" for word in ("zero", "zone", "zebra")]
+    for code in wrong:
+        failed = quicpair("join", code, "--address", alice["addresses"][0], home=homes["bob"])
+        assert_clean_error(failed, 4, "[WRONG_CODE]")
+    assert pair.wait() == 4
+    error = pair.stderr().strip().splitlines()[-1]
+    assert error == (
+        "quicpair: error: pairing failed: the code was burned after 3 failed attempts "
+        "(wrong code (or someone in the middle) x3) [CODE_USED_UP]"
+    )
+
+
+def test_run_refuses_a_missing_home_a_taken_port_and_conflicting_options(
+    tmp_path: Path, procs: Any
+) -> None:
+    missing = quicpair("run", *LOOPBACK, home=tmp_path / "typo")
+    assert_clean_error(missing, 6, "does not exist", "init", "--init")
+    assert not (tmp_path / "typo").exists()
+    clash = quicpair("run", "--init", *LOOPBACK, "--set", "node.listen_port=5", home=tmp_path / "a")
+    assert_clean_error(clash, 2, "--listen and --set node.listen_port")
+
+    run = procs.start("alice-run", "--home", str(tmp_path / "alice"), "run", "--init", *LOOPBACK)
+    ready = run.line()
+    assert ready.startswith("quicpair: node ") and " listening on 127.0.0.1:" in ready
+    port = int(ready.split(" listening on 127.0.0.1:")[1].split(",")[0])
+    assert run.line().rstrip().endswith(f"stop with Ctrl-C or: quicpair --home {tmp_path / 'alice'} stop")
+    taken = quicpair(
+        "run", "--init", "--listen", f"127.0.0.1:{port}", "--set", "discovery.mdns=false", home=tmp_path / "b"
+    )
+    assert_clean_error(taken, 10, f"UDP port {port} on 127.0.0.1 is already in use")
+    assert taken.stderr.count("\n") == 1  # before any log line
+    assert quicpair("--home", str(tmp_path / "alice"), "stop").returncode == 0
+
+
+def test_receive_that_got_nothing_says_so_and_addresses_are_added_by_hand(
+    tmp_path: Path, procs: Any
+) -> None:
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    _, (_, bob) = procs.daemons(("alice-run", homes["alice"]), ("bob-run", homes["bob"]))
+    nothing = quicpair("receive", "--timeout", "0.2", home=homes["alice"])
+    assert nothing.returncode == 11 and nothing.stdout == ""
+    assert nothing.stderr == "quicpair: no message within 0.2 s\n"
+    assert quicpair("receive", "--json", home=homes["alice"]).returncode == 11
+
+    pair = procs.start("pair", "--home", str(homes["alice"]), "pair", "--json")
+    assert quicpair("join", pair.json_line()["uri"], home=homes["bob"]).returncode == 0
+    assert pair.wait() == 0
+    added = quicpair("address", bob["fingerprint"], "add", "192.0.2.77:4747", home=homes["alice"])
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.startswith(f"Added 192.0.2.77:4747 to {bob['name']} ({bob['fingerprint']})")
+    (device,) = json_lines(quicpair("devices", "--json", home=homes["alice"]).stdout)
+    assert "192.0.2.77:4747" in device["addresses"]
+    removed = quicpair(
+        "address", bob["fingerprint"], "remove", "192.0.2.77:4747", "--json", home=homes["alice"]
+    )
+    assert json.loads(removed.stdout)["action"] == "remove"
+    assert_clean_error(
+        quicpair("address", bob["fingerprint"], "remove", "192.0.2.77:4747", home=homes["alice"]),
+        2,
+        "is not a stored address",
+    )
+    assert_clean_error(quicpair("address", "carol", "add", "192.0.2.1:1", home=homes["alice"]), 9, "carol")
+    assert_clean_error(quicpair("address", bob["fingerprint"], "add", "nowhere", home=homes["alice"]), 2)
+
+
+def test_nodehost_never_outlives_its_parent(tmp_path: Path) -> None:
+    """A parent that dies before "ready" (killed outright) takes its node host with it."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-m', 'quicpair.tools.nodehost',"
+            " '--home', sys.argv[1],"
+            " '--listen', '127.0.0.1:0', '--set', 'discovery.mdns=false'],"
+            " stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n",
+            str(tmp_path / "node"),
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{child}/stat") as stat_file:
+            if stat_file.read().split()[2] == "Z":  # exited, waiting for init to reap it
+                return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the node host outlived its parent by 20 s")
+
+
+# -- hardening ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["daemon.lock", "identity.pem", "registry.sqlite3", "registry.sqlite3-wal", "config.toml"]
+)
+def test_a_symlink_in_the_home_is_never_followed(tmp_path: Path, name: str) -> None:
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    outside.mkdir()
+    assert quicpair("init", home=home).returncode == 0
+    if name.startswith("registry"):
+        assert quicpair("devices", "--oneshot", home=home).returncode == 0  # creates the registry
+    victim = outside / "precious"
+    victim.write_bytes(b"precious data, not quicpair's\n")
+    os.utime(victim, (1_000_000_000, 1_000_000_000))
+    target = home / name
+    if target.exists():
+        target.unlink()
+    target.symlink_to(victim)
+    result = quicpair("run", *LOOPBACK, home=home)
+    assert_clean_error(result, 6, name, "symbolic link")
+    assert victim.read_bytes() == b"precious data, not quicpair's\n"
+    assert victim.stat().st_mtime == 1_000_000_000 and sorted(os.listdir(outside)) == ["precious"]
+    assert not (home / "control.sock").exists()
+
+
+def test_a_home_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "theirs"
+    assert quicpair("init", home=home).returncode == 0
+    os.chown(home, 54321, 54321)
+    assert_clean_error(quicpair("run", *LOOPBACK, home=home), 6, "belongs to user id 54321", "not to you")
+    assert_clean_error(quicpair("devices", "--oneshot", home=home), 6, "belongs to user id 54321")
+
+
+# -- feedback ----------------------------------------------------------------------------------
+
+#: xterm's 256-colour palette entries the QR code uses.
+PALETTE = {16: 0, 231: 255}
+
+
+def render_terminal(text: str, *, background: int, foreground: int) -> tuple[int, int, bytes]:
+    """A grayscale image of ANSI ``text`` as a terminal with those default colours shows it:
+    each character cell 2x2 pixels, U+2580 painting its top half in the foreground colour."""
+    rows: list[list[int]] = []
+    for line in text.splitlines():
+        fg, bg = foreground, background
+        top: list[int] = []
+        bottom: list[int] = []
+        i = 0
+        while i < len(line):
+            if line[i] == "\x1b":
+                end = line.index("m", i)
+                params = [int(p) for p in line[i + 2 : end].split(";") if p]
+                if params in ([0], []):
+                    fg, bg = foreground, background
+                elif params[:2] == [38, 5]:
+                    fg = PALETTE[params[2]]
+                elif params[:2] == [48, 5]:
+                    bg = PALETTE[params[2]]
+                i = end + 1
+                continue
+            upper = fg if line[i] == "\u2580" else bg
+            top += [upper, upper]
+            bottom += [bg, bg]
+            i += 1
+        rows += [top, bottom]
+    width = max(len(r) for r in rows)
+    margin = 8  # the terminal's own background around the output
+    image = [[background] * (width + 2 * margin) for _ in range(margin)]
+    image += [[background] * margin + r + [background] * (width - len(r) + margin) for r in rows]
+    image += [[background] * (width + 2 * margin) for _ in range(margin)]
+    return len(image[0]), len(image), bytes(v for r in image for v in r)
+
+
+def read_png(path: Path) -> tuple[int, int, bytes]:
+    """A grayscale image from the PNG segno writes (palette or gray, 1 or 8 bits, filter 0)."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks, idat = 8, {}, b""
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + size]
+        chunks[kind] = body
+        idat += body if kind == b"IDAT" else b""
+        pos += 12 + size
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    raw = zlib.decompress(idat)
+    stride = (width * depth + 7) // 8
+    palette = chunks.get(b"PLTE", b"")
+    pixels = bytearray()
+    previous = bytes(stride)
+    for row in range(height):
+        start = row * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):  # RFC 2083 6: the five filters, one byte per pixel step
+            left, up, corner = line[i - 1] if i else 0, previous[i], previous[i - 1] if i else 0
+            guess = left + up - corner
+            far = (abs(guess - left), abs(guess - up), abs(guess - corner))
+            paeth = left if far[0] <= min(far[1:]) else up if far[1] <= far[2] else corner
+            line[i] = (line[i] + (0, left, up, (left + up) // 2, paeth)[kind]) & 0xFF
+        previous = bytes(line)
+        for x in range(width):
+            value = (line[x // 8] >> (7 - x % 8)) & 1 if depth == 1 else line[x]
+            gray = palette[3 * value] if colour == 3 else value * (255 if depth == 1 else 1)
+            pixels.append(gray)
+    return width, height, bytes(pixels)
+
+
+def decode(width: int, height: int, pixels: bytes) -> list[str]:
+    import zxingcpp
+
+    view = memoryview(pixels).cast("B", (height, width))
+    # try_invert=False: like the phone scanners that do not look for light-on-dark codes.
+    return [r.text for r in zxingcpp.read_barcodes(view, try_invert=False)]
+
+
+def test_the_qr_code_scans_on_dark_and_light_terminals_and_as_a_png(tmp_path: Path, procs: Any) -> None:
+    home = tmp_path / "alice"
+    procs.daemon("alice", home)
+    png = tmp_path / "code.png"
+    pair = procs.start("pair", "--home", str(home), "pair", "--qr", "--qr-png", str(png), "--timeout", "20")
+    lines = [pair.line() for _ in range(3)]
+    uri = lines[1].split()[1]
+    assert lines[0].startswith("Code  ") and uri.startswith("quicpair:pair?code=") and lines[2] == "\n"
+    art = []
+    while (line := pair.line()).strip() != "":
+        art.append(line.rstrip("\n"))
+    text = "\n".join(art)
+    for background, foreground in ((0, 255), (255, 0)):  # a dark terminal, a light one
+        assert decode(*render_terminal(text, background=background, foreground=foreground)) == [uri]
+    assert decode(*read_png(png)) == [uri]
+    pair.popen.send_signal(signal.SIGINT)
+    assert pair.wait() == 130
+
+
+def test_on_a_terminal_join_asks_for_the_code_with_completion_and_shows_what_it_does(
+    tmp_path: Path, procs: Any
+) -> None:
+    import pty
+
+    homes = {"alice": tmp_path / "alice", "bob": tmp_path / "bob"}
+    (_, alice), _ = procs.daemons(("alice-run", homes["alice"]), ("bob-run", homes["bob"]))
+    pair = procs.start("pair", "--home", str(homes["alice"]), "pair", "--json", "--timeout", "30")
+    code = pair.json_line()["code"]
+    nameplate, *words = code.split("-")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command line on a terminal
+        os.execvpe(
+            sys.executable,
+            [sys.executable, "-m", "quicpair.tools.cli", "--home", str(homes["bob"]), "join",
+             "--address", alice["addresses"][0]],
+            {**ENV, "TERM": "xterm"},
+        )  # fmt: skip
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = COMMAND_TIMEOUT) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {marker!r} on the terminal within {timeout} s: {seen[-500:]!r}")
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"Code (Tab completes the words): ")
+        # Each word typed by its first four letters and Tab: readline completes the rest.
+        os.write(fd, nameplate.encode() + b"-")
+        for i, word in enumerate(words):
+            os.write(fd, word[:4].encode() + b"\t")
+            read_until(word.encode())
+            os.write(fd, b"-" if i < 2 else b"\r")
+        read_until(b"Paired with")
+        assert b"Joining: " in seen  # the status line said what it was doing
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, seen[-800:]
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert pair.wait() == 0
+
+
+def test_shell_completion_lists_commands_and_paired_devices(tmp_path: Path) -> None:
+    script = quicpair("completion", "bash")
+    assert script.returncode == 0 and "complete" in script.stdout and "quicpair" in script.stdout
+    line = "quicpair sta"
+    result = subprocess.run(
+        [sys.executable, "-m", "quicpair.tools.cli"],
+        cwd=REPO,
+        env={**ENV, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+             "_ARGCOMPLETE_STDOUT_FILENAME": str(tmp_path / "out"), "_ARGCOMPLETE_IFS": "\n"},
+        capture_output=True,
+        timeout=COMMAND_TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out").read_text().split() == ["status"]
+
+
+def test_the_parser_for_one_command_is_the_full_parsers_for_that_command() -> None:
+    from quicpair.tools import cli
+
+    full = cli.build_parser()
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == cli._COMMANDS
+    argv = ["--home", "/h", "status", "--json"]
+    assert cli._command_in(argv) == "status" and cli._command_in(["--help"]) is None
+    assert vars(cli.build_parser("status").parse_args(argv)) == vars(full.parse_args(argv))

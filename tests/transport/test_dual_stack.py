@@ -21,7 +21,7 @@ from quicpair.actors.transport.dial import dial
 from quicpair.actors.transport.listener import Listener, listen
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.actors.transport.race import first_answer
-from quicpair.protocol.errors import ConfigError, ErrorCode, PeerUnreachable, QuicpairError
+from quicpair.protocol.errors import AddressInUse, ErrorCode, PeerUnreachable, QuicpairError
 from quicpair.protocol.identity import Identity
 from quicpair.protocol.messages import ALPN_LINK
 
@@ -105,7 +105,7 @@ def test_without_ipv6_the_wildcard_falls_back_to_ipv4_and_says_so(monkeypatch: p
 @scenario
 async def test_a_port_in_use_is_a_config_error_not_a_fallback() -> None:
     listener, _ = await accept_on("::")
-    with pytest.raises(ConfigError, match=r"cannot listen on \[::\]:\d+"):
+    with pytest.raises(AddressInUse, match=r"UDP port \d+ on \[::\] is already in use by another program"):
         await listen("::", listener.address[1], ALICE, alpns=[ALPN_LINK], admit=lambda p, a: None,
                      on_connection=lambda link: None)  # fmt: skip
     await close(listener)

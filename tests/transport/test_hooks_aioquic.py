@@ -184,8 +184,35 @@ def test_hook_peer_certificate_refuses_a_non_ed25519_server() -> None:
     with hook("tls.Context._peer_certificate (non-Ed25519 refusal)"):
         client, server = make_pair()
         server.configuration.certificate, server.configuration.private_key = cert, key
+        # Our connections offer only Ed25519 signatures (tls.Context._signature_algorithms), so
+        # such a server could not even sign; widen the client's offer to reach the hook's check.
+        initialize = client._initialize
+
+        def offering_ecdsa_too(peer_cid: bytes) -> None:
+            initialize(peer_cid)
+            client.tls._signature_algorithms = [0x0807, 0x0403]
+
+        client._initialize = offering_ecdsa_too  # type: ignore[method-assign]
         handshake(client, server)
         assert client.refusal is not None and "not Ed25519" in str(client.refusal)
+
+
+def test_hook_signature_algorithms_offer_only_ed25519() -> None:
+    with hook("tls.Context._signature_algorithms"):
+        client, server = make_pair()
+        handshake(client, server)
+        assert client.tls._signature_algorithms == server.tls._signature_algorithms == [0x0807]
+
+
+def test_hook_stream_limits_let_the_peer_open_one_bidirectional_stream_only() -> None:
+    with hook("QuicConnection._local_max_streams_bidi/_uni"):
+        client, server = make_pair()
+        handshake(client, server)
+        assert (server._local_max_streams_bidi.value, server._local_max_streams_uni.value) == (1, 0)
+        assert (client._local_max_streams_bidi.value, client._local_max_streams_uni.value) == (0, 0)
+        assert client._remote_max_streams_bidi == 1 and client._remote_max_streams_uni == 0
+        server._local_max_streams_bidi.value += 1  # what aioquic does when a stream closes
+        assert server._local_max_streams_bidi.value == 1
 
 
 def test_hook_handshake_confirmed_waits_for_handshake_done() -> None:
