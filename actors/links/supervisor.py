@@ -66,7 +66,7 @@ from quicpair.actors.links.worker import LinkWorker
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol.dialrule import should_dial
-from quicpair.protocol.errors import ErrorCode, LocalProtocolError, QuicpairError
+from quicpair.protocol.errors import ErrorCode, LocalProtocolError, QuicpairError, RegistryError
 from quicpair.protocol.identity import NodeId
 
 __all__ = [
@@ -379,7 +379,9 @@ class LinksActor(Supervised, LoopActor):
     def _on_revoked(self, message: _Revoked) -> None:
         command = message.command
         if message.error is not None:
-            command.revoked.set_exception(QuicpairError(f"could not unpair: {message.error}"))
+            # A registry failure stays one (the CLI says so, exit status 6).
+            kind = RegistryError if isinstance(message.error, RegistryError) else QuicpairError
+            command.revoked.set_exception(kind(f"could not unpair: {message.error}"))
             return
         command.revoked.set_result(None)
         entry = self._peers.get(command.peer)

@@ -20,7 +20,7 @@ from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
 from quicpair.protocol.codebook import CodeState
 from quicpair.protocol.codes import format_address
-from quicpair.protocol.errors import ErrorCode
+from quicpair.protocol.errors import ErrorCode, RegistryError
 from quicpair.protocol.framing import FrameDecoder
 from quicpair.protocol.keys import Role
 from quicpair.protocol.messages import DeviceInfo, PairCommit
@@ -127,6 +127,11 @@ class InitiatorSession(PairingSessionBase):
         if offer is None or nameplate is None:
             return
         offer.attempts.append(errors.describe_code(event.code))
+        if event.code is ErrorCode.STORAGE_ERROR:
+            # A disk that is full here or there fails the next attempt too: whoever
+            # shows the code learns it now, not when the code expires.
+            self._close_offer(nameplate, self.failure_for(event.code, event.remote))
+            return
         status = self.ctx.codebook.describe(nameplate, self.ctx.clock())
         if status is not None and status.state in _FINAL_CODE_ERRORS and not offer.result.done():
             code = _FINAL_CODE_ERRORS[status.state]
@@ -135,6 +140,24 @@ class InitiatorSession(PairingSessionBase):
                 errors.PairingFailed(code, f"{errors.describe_code(code)} after: {', '.join(offer.attempts)}")
             )
             del self.ctx.offers[nameplate]
+
+    def storage_failed(self, what: str, error: RegistryError) -> None:
+        super().storage_failed(what, error)  # the machine ends: its code is no longer held
+        nameplate = self._nameplate()
+        if nameplate is not None:
+            self._close_offer(nameplate, self.failure_for(ErrorCode.STORAGE_ERROR, remote=False))
+
+    def _close_offer(self, nameplate: int, error: errors.PairingFailed) -> None:
+        """Fail the offer of ``nameplate`` with ``error`` and close its code for good."""
+        offer = self.ctx.offers.pop(nameplate, None)
+        if offer is None:
+            return
+        self.ctx.codebook.cancel(nameplate)
+        if self.ctx.offers_changed is not None:
+            self.ctx.offers_changed()
+        self.log.warning("pairing.code_closed", nameplate=nameplate, state="failed", code=error.code.name)
+        if not offer.result.done():
+            offer.result.set_exception(error)
 
     def _nameplate(self) -> int | None:
         machine = self.machine

@@ -136,6 +136,10 @@ class RegistryActor(pykka.ThreadingActor):
 
     # -- the store's operations --------------------------------------------------------
 
+    def check(self) -> None:
+        """RegistryError if the file was replaced or damaged under the node (actors/registry/guard.py)."""
+        self._ready().check()
+
     def add_pending(self, record: DeviceRecord) -> None:
         self._ready().add_pending(record)
 
