@@ -47,6 +47,7 @@ import pykka
 
 from quicpair.actors.context import NodeContext
 from quicpair.actors.discovery.actor import RESOLVE_NAMEPLATE_TIMEOUT, DiscoveryActor
+from quicpair.actors.faults import crash_actor
 from quicpair.actors.kernel.counters import Counters
 from quicpair.actors.kernel.exits import Supervised
 from quicpair.actors.kernel.logs import get_logger
@@ -59,6 +60,7 @@ from quicpair.actors.pairing.device import Device, PairingOffer
 from quicpair.actors.pairing.joiner import JoinerSession
 from quicpair.actors.pairing.listener import ListenerActor
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState, RegistryActor, RegistryStore
+from quicpair.config.live import SettingsChange, apply_live
 from quicpair.config.settings import Settings, load_settings
 from quicpair.protocol import errors
 from quicpair.protocol.codes import parse_code_or_uri, split_address
@@ -154,6 +156,8 @@ class Node:
                     ChildSpec("discovery", lambda: DiscoveryActor.start_on(loop, ctx)),
                 ],
                 strategy=Strategy.REST_FOR_ONE,
+                max_restarts=self.settings.testing.max_restarts,
+                period=self.settings.testing.restart_period,
                 on_escalate=self._on_escalate,
             )
             ctx.bound.result(timeout=CALL_TIMEOUT)
@@ -277,6 +281,34 @@ class Node:
         states = [DeviceState.CONFIRMED] + ([DeviceState.PENDING] if include_pending else [])
         records = self._ask_registry("list", states)
         return [Device.from_record(r) for r in records]
+
+    def reconfigure(self, settings: Settings) -> SettingsChange:
+        """Run with the live settings of ``settings`` from now on (config/live.py says which).
+
+        The others keep their running value until a restart; the returned change says
+        what was applied and what waits. The log is the caller's (it is the process's).
+        """
+        ctx = self._context
+        change = apply_live(self.settings, settings)
+        self.settings = ctx.settings = change.settings
+        ctx.log.info(
+            "node.reconfigured", applied=sorted(change.applied), needs_restart=sorted(change.needs_restart)
+        )
+        return change
+
+    def check_registry(self) -> None:
+        """RegistryError if the registry file was replaced or damaged under the node."""
+        self._ask_registry("check")
+
+    def crash_actor(self, kind: str, peer: NodeId | None = None) -> str:
+        """Crash a running actor of ``kind`` (actors/faults.py); only with ``[testing] fault_injection``.
+
+        Returns the crashed actor's name. ConfigError when fault injection is off,
+        ValueError when no such actor runs right now.
+        """
+        ctx = self._context
+        assert self._root is not None
+        return crash_actor(ctx, self._root, kind, peer)
 
     def device(self, peer: NodeId) -> Device | None:
         record = self._ask_registry("get", peer)

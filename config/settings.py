@@ -170,6 +170,12 @@ class TestingSettings:
     )
     #: Both nodes of a pair dial each other (not only the lower NodeId), to force duplicates.
     force_simultaneous_dial: bool = _rule()
+    #: The ``crash`` control request (Node.crash_actor) may crash an actor of the node.
+    fault_injection: bool = _rule()
+    #: Restarts the node's root supervisor allows within restart_period before the node fails.
+    max_restarts: int = _rule(ge=0, le=1_000_000)
+    #: The window of max_restarts (seconds).
+    restart_period: float = _rule(gt=0, le=3600)
 
 
 @dataclass(frozen=True, slots=True)

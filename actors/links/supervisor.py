@@ -229,6 +229,10 @@ class LinksActor(Supervised, LoopActor):
             )
         return out
 
+    def worker_refs(self) -> dict[NodeId, ActorRef[Any]]:
+        """The running link workers by peer (call through a proxy); for fault injection."""
+        return {peer: entry.ref for peer, entry in self._peers.items() if entry.ref is not None}
+
     # -- messages -------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
