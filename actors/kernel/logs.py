@@ -3,7 +3,9 @@
 Event names are stable and documented in docs/ARCHITECTURE.md ("Events");
 tests and operators grep for them, so renaming one is a breaking change.
 Context (node, peer, session, conn) is bound with ``log.bind(...)`` by the
-actor that owns it; nothing here knows about actors.
+actor that owns it; nothing here knows about actors. No event name can grow
+the log faster than a fixed rate (actors/kernel/logbound.py), and a stream
+that fails (a closed terminal, a full disk) loses lines, never stops a caller.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+
+from quicpair.actors.kernel.logbound import EventRateBound
 
 __all__ = ["configure_logging", "get_logger"]
 
@@ -29,8 +33,13 @@ class _LineWriter:
 
     def msg(self, message: str) -> None:
         with _lock:
-            self._stream.write(message + "\n")
-            self._stream.flush()
+            try:
+                self._stream.write(message + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                # A closed terminal (EIO after a hang-up), a full disk, a closed pipe: the
+                # line is lost, but logging must never be what stops the node.
+                pass
 
     log = debug = info = warning = warn = error = critical = exception = msg
 
@@ -76,6 +85,7 @@ def configure_logging(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             add_context,
+            EventRateBound(),
             structlog.processors.format_exc_info,
             renderer,
         ],
