@@ -43,6 +43,7 @@ from .daemon import (
     CALL_WAIT,
     ControlClient,
     DaemonError,
+    DaemonUnreachable,
     NoDaemon,
     claim_home,
     prepare_home,
@@ -83,10 +84,12 @@ exit status:
   3    the code or pairing URI is not valid (CodeFormatError)
   4    the pairing failed: wrong code, expired, used up, busy, timed out... (PairingFailed)
   5    the other device could not be reached (PeerUnreachable)
-  6    the home cannot be used: identity, registry or settings (IdentityError, RegistryError, ConfigError)
+  6    the home cannot be used: identity, registry (also a failed write: disk full) or settings
   7    no daemon runs for this home (start one: quicpair run; or use --oneshot)
   8    a daemon already serves this home (quicpair run refuses to start a second one)
   9    PEER is not one paired device: unknown, unpaired, or a name or fingerprint several have
+  70   run: the node failed (an actor kept crashing; supervision gave up)
+  74   run: the home, identity key or registry vanished or was replaced under the daemon
   130  interrupted (Ctrl-C); an open code is cancelled
 
 The home is $QUICPAIR_HOME, or ~/.quicpair. Settings are read from --config, or
@@ -95,8 +98,16 @@ The home is $QUICPAIR_HOME, or ~/.quicpair. Settings are read from --config, or
 _SUB_EPILOG = "exit status: 0 on success; `quicpair --help` lists the others."
 
 
+#: A pairing that failed because this device could not store it is a registry write
+#: failure (6), like every other one; the other device's failure stays a failed pairing (4).
+_STORAGE_ERROR = "STORAGE_ERROR"
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The documented exit status for an error raised here or reported by the daemon."""
+    code = getattr(exc, "code", None)
+    if (getattr(code, "name", code) == _STORAGE_ERROR) and not getattr(exc, "remote", False):
+        return EXIT_CODES["RegistryError"]
     if isinstance(exc, DaemonError):
         return EXIT_CODES.get(exc.kind, EXIT_ERROR)
     for cls in type(exc).__mro__:
@@ -138,6 +149,8 @@ def _node(args: argparse.Namespace) -> Iterator[ControlClient | _InProcessNode]:
     else:
         try:
             node = ControlClient(args.home)
+        except DaemonUnreachable:
+            raise  # a daemon holds the home: --oneshot would be refused too
         except NoDaemon as exc:
             hint = " (or add --oneshot to run a node just for this command)" if "oneshot" in args else ""
             raise NoDaemon(f"{exc}{hint}") from None
@@ -150,7 +163,7 @@ def _node(args: argparse.Namespace) -> Iterator[ControlClient | _InProcessNode]:
 def _settings(args: argparse.Namespace, **overrides: dict[str, Any]) -> Settings:
     """The settings file (--config, else <home>/config.toml if present), then the options."""
     path = args.config
-    if path is None and (args.home / CONFIG_FILE).is_file():
+    if path is None and _is_file(args.home / CONFIG_FILE):
         path = args.home / CONFIG_FILE
     layered: dict[str, dict[str, Any]] = {}
     for section, key, value in getattr(args, "set", None) or []:
@@ -161,6 +174,28 @@ def _settings(args: argparse.Namespace, **overrides: dict[str, Any]) -> Settings
     for section, values in overrides.items():
         layered.setdefault(section, {}).update(values)
     return load_settings(path, **layered)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but a file we may not look at is a ConfigError, not a traceback."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _check_home_access(home: Path) -> None:
+    """IdentityError (one line, exit 6) for a home this user cannot read, write or enter."""
+    try:
+        os.stat(home)
+    except FileNotFoundError:
+        return  # init creates it; the other commands say it has no identity or no daemon
+    except OSError as exc:
+        raise IdentityError(f"cannot use {home} as the node's home: {exc.strerror}") from exc
+    if not os.access(home, os.R_OK | os.W_OK | os.X_OK):
+        raise IdentityError(
+            f"cannot use {home} as the node's home: permission denied (run quicpair as the user who owns it)"
+        )
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -258,6 +293,7 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    reread = lambda: _settings(args)  # noqa: E731 - SIGHUP reads the same file and options again
 
     def ready(info: dict[str, Any]) -> None:
         _out(
@@ -270,8 +306,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             ],
         )
 
-    status = run_daemon(args.home, settings, on_ready=ready)
-    _out(args, {"event": "stopped"}, ["quicpair: stopped"])
+    status = run_daemon(args.home, settings, on_ready=ready, reload=reread)
+    try:
+        _out(args, {"event": "stopped"}, ["quicpair: stopped"])
+    except OSError:  # the terminal that started us is gone (it hung up): nobody to tell
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
     return status
 
 
@@ -545,11 +584,15 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
     home = args.home or os.environ.get("QUICPAIR_HOME") or "~/.quicpair"
     args.home = Path(os.path.expanduser(home))
     try:
+        _check_home_access(args.home)
         code: int = args.func(args)
         return code
     except QuicpairError as exc:
         print(f"quicpair: error: {exc}", file=err, flush=True)
         return exit_code_for(exc)
+    except PermissionError as exc:  # a file of the home we may not use: one line, like the others
+        print(f"quicpair: error: cannot use {exc.filename}: {exc.strerror}", file=err, flush=True)
+        return EXIT_CODES["IdentityError"]
     except KeyboardInterrupt:
         print("quicpair: interrupted", file=err, flush=True)
         return EXIT_INTERRUPTED
