@@ -14,8 +14,11 @@ started. :class:`FileGuard` watches for that:
   keeps what is valid before SQLite's close can lose it: a full copy of the registry as
   the open connection still sees it (the SQLite backup API, checked with
   ``integrity_check``; kept only if it passes) and the WAL itself, moved aside so that it
-  is neither deleted nor ever applied to a file it does not belong to. The file at the
-  path is left as it is.
+  is neither deleted nor ever applied to a file it does not belong to. A file that
+  replaced the registry (another inode) is never written; one overwritten in place is
+  the same inode SQLite writes to, and its close still checkpoints into it (Python 3.11's
+  sqlite3 has no switch for SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE): that file is no registry
+  any more either way, the copy is.
 
 The guard holds one read-only descriptor on the file from before SQLite opens it until
 after SQLite closed it: closing any descriptor of a file releases every POSIX lock the

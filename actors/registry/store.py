@@ -264,8 +264,9 @@ class RegistryStore:
         """Close the file (folds the WAL into it). Idempotent.
 
         If the file was replaced or damaged while open, what is valid is kept aside first
-        (a checked copy, the WAL) and RegistryError says where; the file itself is left as
-        it is.
+        (a checked copy, the WAL) and RegistryError says where. Nothing is written to a file
+        that replaced the registry; one overwritten in place is no registry any more, and
+        SQLite's close may still write the WAL's pages into it.
         """
         conn, self._conn = self._conn, None
         if conn is None:
@@ -281,7 +282,7 @@ class RegistryStore:
         if problem is not None:
             raise RegistryError(
                 f"registry {self._path} {problem} while it was open; {'; '.join(kept)}; "
-                "the file now at that path was left as it is"
+                "to start again from that state, put the copy in the registry's place"
             )
 
     def check(self) -> None:

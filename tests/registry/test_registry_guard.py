@@ -75,7 +75,7 @@ def test_damage_is_refused_at_the_next_operation_and_close_keeps_what_is_valid(
     with pytest.raises(RegistryError) as closed:
         store.close()
     message = str(closed.value)
-    assert said in message and "the file now at that path was left as it is" in message
+    assert said in message and "put the copy in the registry's place" in message
 
     # The file at the path is exactly what was put there: SQLite's close did not touch it
     # (when it is another file) and nothing of ours replaced it.

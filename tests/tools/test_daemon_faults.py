@@ -15,8 +15,11 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import termios
 import time
 from pathlib import Path
@@ -28,6 +31,7 @@ from support.daemons import (
     ENV,
     Daemon,
     Daemons,
+    assert_clean_error,
     control,
     eventually,
     quicpair,
@@ -148,3 +152,115 @@ def test_a_closed_terminal_stops_the_daemon_gracefully(daemons: Daemons, tmp_pat
     assert alice.events("daemon.terminal_closed")
     assert alice.events("daemon.stopping")[-1]["reasons"] == ["SIGHUP (terminal closed)"]
     assert not (alice.home / "control.sock").exists()
+
+
+# -- the home ----------------------------------------------------------------------------------
+
+
+def test_a_vanished_home_is_noticed_and_the_daemon_stops_cleanly(daemons: Daemons) -> None:
+    alice, bob = daemons.start("alice", "bob")
+    daemons.pair(alice, bob)
+    downs = len(bob.events("link.down"))
+    shutil.rmtree(alice.home)
+    started = time.monotonic()
+    assert alice.wait() == 74, alice.log_tail()
+    assert time.monotonic() - started < 10  # "within seconds": it looks every second
+    lost = alice.events("daemon.home_lost")
+    assert len(lost) == 1 and lost[0]["what"] == f"the node's home {alice.home} vanished", lost
+    down = _went_away(bob, downs)
+    assert (down["code"], down["fault"]) == ("GOING_AWAY", False), down
+    assert not alice.home.exists()  # nothing of ours brought it back
+
+
+@pytest.mark.parametrize("what", ["identity.pem", "registry.sqlite3"])
+def test_an_identity_or_registry_replaced_under_the_daemon_stops_it(daemons: Daemons, what: str) -> None:
+    (alice,) = daemons.start("alice")
+    path = alice.home / what
+    replacement = path.with_name("replacement")
+    replacement.write_bytes(b"someone else's file\n")
+    replacement.chmod(0o600)
+    os.rename(replacement, path)
+    assert alice.wait() == 74, alice.log_tail()
+    (lost,) = alice.events("daemon.home_lost")
+    assert lost["what"] == f"{path} was replaced or changed under the running node"
+    assert path.read_bytes() == b"someone else's file\n"  # left as it is
+    assert not (alice.home / "control.sock").exists()
+    if what == "registry.sqlite3":  # what the node had is kept beside it
+        assert list(alice.home.glob("registry.sqlite3.rescued-*"))
+
+
+def test_a_registry_overwritten_in_place_loses_nothing_valid(daemons: Daemons) -> None:
+    alice, bob = daemons.start("alice", "bob")
+    daemons.pair(alice, bob)  # Alice's record of Bob is in her WAL only: written since her start
+    registry = alice.home / "registry.sqlite3"
+    garbage = b"overwritten in place\n" * 500
+    with open(registry, "r+b") as f:  # the same file, new bytes
+        f.write(garbage)
+    assert alice.wait() == 74, alice.log_tail()
+    (lost,) = alice.events("daemon.home_lost")
+    assert "is no longer an SQLite database" in lost["what"], lost
+    (kept,) = alice.home.glob("registry.sqlite3-wal.kept-*")
+    (copy,) = alice.home.glob("registry.sqlite3.rescued-*")
+    said = " ".join(e.get("error", "") for e in alice.events("registry.close_failed"))
+    assert str(kept) in said and str(copy) in said, alice.log_tail()
+    # The person puts the copy back: Alice starts with Bob still paired, and the link comes back.
+    os.replace(copy, registry)
+    alice = daemons.spawn("alice", *_same_port(alice), home=alice.home)
+    alice.ready()
+    devices = control(alice.home, "devices")["result"]
+    assert [(d["node_id"], d["state"]) for d in devices] == [(bob.info["node_id"], "confirmed")]
+    eventually("the link up again", lambda: alice.link_up() and bob.link_up())
+
+
+def test_a_deleted_control_socket_is_bound_again(daemons: Daemons) -> None:
+    (alice,) = daemons.start("alice")
+    sock = alice.home / "control.sock"
+    sock.unlink()
+    eventually("the socket back", sock.exists, timeout=10)
+    status = quicpair("status", home=alice.home)
+    assert status.returncode == 0, status.stderr
+    assert alice.events("control.socket_recreated", reason="deleted")
+    stopped = quicpair("stop", home=alice.home)
+    assert stopped.returncode == 0, stopped.stderr
+    assert alice.wait() == 0 and not sock.exists()
+
+
+def test_the_cli_tells_a_daemon_that_does_not_answer_from_no_daemon(tmp_path: Path) -> None:
+    home = tmp_path / "alice"
+    assert quicpair("init", home=home).returncode == 0
+    fd = os.open(home / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a daemon whose socket is gone holds it
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for command in (["status"], ["devices"], ["pair"]):
+            result = quicpair(*command, home=home)
+            line = assert_clean_error(result, 7, f"a quicpair process (pid {os.getpid()}) is running")
+            assert "does not answer" in line and "--oneshot" not in line, line
+    finally:
+        os.close(fd)
+    for command, hint in ((["status"], False), (["devices"], True)):
+        result = quicpair(*command, home=home)
+        line = assert_clean_error(result, 7, "no quicpair daemon is running")
+        assert ("--oneshot" in line) is hint, line
+
+
+def test_an_unreadable_home_is_one_line_and_exit_6(tmp_path: Path) -> None:
+    home = tmp_path / "alice"
+    assert quicpair("init", home=home).returncode == 0
+    if os.geteuid() == 0:  # root reads everything: run the commands as nobody instead
+        as_other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        tmp_path.chmod(0o755)
+    else:
+        as_other = []
+        home.chmod(0)
+    try:
+        for command in (["status"], ["run", "--listen", "127.0.0.1:0"], ["init"], ["id"], ["devices"]):
+            argv = [*as_other, *_cli(), "--home", str(home), *command]
+            result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=30)
+            assert_clean_error(result, 6, f"cannot use {home} as the node's home")
+    finally:
+        home.chmod(0o700)
+
+
+def _cli() -> list[str]:
+    return [sys.executable, "-m", "quicpair.tools.cli"]
