@@ -12,8 +12,11 @@ every process is ended at teardown (tests/support/daemons.py).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +268,127 @@ def test_an_unreadable_home_is_one_line_and_exit_6(tmp_path: Path) -> None:
 
 def _cli() -> list[str]:
     return [sys.executable, "-m", "quicpair.tools.cli"]
+
+
+# -- exhaustion and a full disk ------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_descriptor_flood_pauses_accepting_and_everything_comes_back_when_it_ends(daemons: Daemons) -> None:
+    alice, bob = daemons.start("alice", "bob")
+    daemons.pair(alice, bob)
+    link = alice.links()[0]
+    limit = len(os.listdir(f"/proc/{alice.pid}/fd")) + 24
+    resource.prlimit(alice.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    lines_before = len(alice.log_path.read_text().splitlines())
+    clients = []
+    try:
+        for _ in range(80):  # more than the daemon may hold: accept() fails with EMFILE
+            client = socket.socket(socket.AF_UNIX)
+            client.setblocking(False)
+            clients.append(client)
+            for _attempt in range(50):  # while the backlog is full, until the daemon accepts
+                try:
+                    client.connect(str(alice.home / "control.sock"))
+                    break
+                except BlockingIOError:
+                    time.sleep(0.01)
+            if alice.events("control.accept_paused"):
+                break
+        alice.wait_event("control.accept_paused")
+        cpu = _cpu_seconds(alice.pid)
+        time.sleep(3)
+        assert _cpu_seconds(alice.pid) - cpu < 0.6  # paused, not spinning (it was 30-55% of a core)
+    finally:
+        for client in clients:
+            client.close()
+    status = eventually("the CLI answered again", lambda: quicpair("status", home=alice.home).returncode == 0)
+    assert status
+    (resumed,) = alice.events("control.accept_resumed")
+    assert resumed["failures"] >= 1 and "Too many open files" in resumed["error"]
+    assert len(alice.events("control.accept_paused")) == 1  # one line per episode, with its count
+    assert len(alice.log_path.read_text().splitlines()) - lines_before < 150
+    cpu = _cpu_seconds(alice.pid)
+    time.sleep(2)
+    assert _cpu_seconds(alice.pid) - cpu < 0.4  # idle once the flood is over
+    # The node kept its link all along: the same connection, up.
+    assert [(k["state"], k["connection_id"]) for k in alice.links()] == [("up", link["connection_id"])]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of the test's own (root mounts it), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=700", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def _fill(disk: Path) -> None:
+    """Write a file until the disk has not one byte left."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 16, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+
+
+def _pair_against(initiator: Daemon, joiner: Daemon) -> tuple[subprocess.CompletedProcess[str], ...]:
+    """``pair`` on one side, ``join`` on the other, both through the CLI; both results."""
+    argv = [*_cli(), "--home", str(initiator.home), "pair", "--json", "--timeout", "60"]
+    shown = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert shown.stdout is not None
+        offer = json.loads(shown.stdout.readline())
+        joined = quicpair("join", offer["uri"], "--timeout", "30", home=joiner.home)
+        out, err = shown.communicate(timeout=15)  # at once, not at its 60 s timeout
+    finally:
+        if shown.poll() is None:
+            shown.kill()
+            shown.communicate()
+    return subprocess.CompletedProcess(argv, shown.returncode, out, err), joined
+
+
+def test_a_full_disk_is_a_storage_error_on_both_sides_at_once_and_nothing_is_half_written(
+    small_disk: Path, daemons: Daemons
+) -> None:
+    alice = daemons.spawn("alice", home=small_disk / "alice")
+    alice.ready()
+    (bob,) = daemons.start("bob")
+    daemons.pair(alice, bob)
+    before = [control(d.home, "devices")["result"] for d in (alice, bob)]
+    _fill(small_disk)
+
+    started = time.monotonic()
+    shown, joined = _pair_against(alice, bob)  # Alice's disk is full
+    assert time.monotonic() - started < 20
+    assert_clean_error(shown, 6, "this device could not store the pairing", "disk is full", "[STORAGE_ERROR]")
+    assert_clean_error(joined, 4, "the other device could not store the pairing", "[STORAGE_ERROR]")
+
+    started = time.monotonic()
+    shown, joined = _pair_against(bob, alice)  # the same, Alice joining
+    assert time.monotonic() - started < 20
+    assert_clean_error(joined, 6, "this device could not store the pairing", "[STORAGE_ERROR]")
+    assert_clean_error(shown, 4, "the other device could not store the pairing", "[STORAGE_ERROR]")
+
+    unpaired = quicpair("unpair", "bob", home=alice.home)
+    assert_clean_error(unpaired, 6, "could not unpair", "disk is full")
+
+    # Room again: both registries hold exactly what they held before, and the link is up.
+    (small_disk / "filler").unlink()
+    assert [control(d.home, "devices")["result"] for d in (alice, bob)] == before
+    pending = control(alice.home, "devices", include_pending=True)["result"]
+    assert [d["state"] for d in pending if d["state"] != "pending"] == ["confirmed"]
+    eventually("the link up", lambda: alice.link_up() and bob.link_up())
+    assert quicpair("unpair", "bob", home=alice.home).returncode == 0
