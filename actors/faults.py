@@ -52,7 +52,10 @@ def crash_actor(ctx: NodeContext, root: pykka.ActorRef[Any], kind: str, peer: No
         raise ValueError(f"unknown actor kind {kind!r}; one of {', '.join(KINDS)}")
     if peer is not None and kind != "link":
         raise ValueError("a peer is only given with the actor kind 'link'")
-    name, ref = _find(ctx, root, kind, peer)
+    try:
+        name, ref = _find(ctx, root, kind, peer)
+    except (pykka.ActorDeadError, pykka.Timeout) as exc:  # a supervisor between two lives
+        raise ValueError(f"the supervisor of {kind} is restarting; try again") from exc
     try:
         ref.tell(InjectedCrash(f"crash of {kind} asked from outside"))
     except pykka.ActorDeadError as exc:

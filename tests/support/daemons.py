@@ -198,7 +198,10 @@ class Daemon:
         return links
 
     def link_up(self) -> bool:
-        return bool(self.links()) and all(link["state"] == "up" for link in self.links())
+        """True when every link is up (False while the links supervisor restarts)."""
+        reply = control(self.home, "links")
+        links = reply.get("result") if reply["ok"] else None
+        return bool(links) and all(link["state"] == "up" for link in links)
 
     def end(self) -> None:
         """Teardown: SIGTERM, then SIGKILL; always joins the reader."""

@@ -392,3 +392,134 @@ def test_a_full_disk_is_a_storage_error_on_both_sides_at_once_and_nothing_is_hal
     assert [d["state"] for d in pending if d["state"] != "pending"] == ["confirmed"]
     eventually("the link up", lambda: alice.link_up() and bob.link_up())
     assert quicpair("unpair", "bob", home=alice.home).returncode == 0
+
+
+# -- supervision, from outside ----------------------------------------------------------------
+
+FAULTS = ("--set", "testing.fault_injection=true")
+#: What a crash of each kind restarts (docs/ARCHITECTURE.md: rest_for_one at the root).
+RESTARTED = {
+    "registry": ["registry", "sessions", "links", "listener", "discovery"],
+    "sessions": ["sessions", "links", "listener", "discovery"],
+    "links": ["links", "listener", "discovery"],
+    "listener": ["listener", "discovery"],
+    "discovery": ["discovery"],
+}
+
+
+def _crash(daemon: Daemon, kind: str) -> str:
+    """Crash an actor of ``kind`` in ``daemon`` (retried while one is between two lives)."""
+    reply: dict[str, Any] = {}
+    for _ in range(200):
+        reply = control(daemon.home, "crash", actor=kind)
+        if reply["ok"]:
+            crashed: str = reply["result"]["crashed"]
+            return crashed
+        assert reply["error"]["type"] == "RequestError", reply  # "restarting; try again"
+        time.sleep(0.02)
+    pytest.fail(f"could not crash {kind}: {reply}")
+
+
+def _restarted(daemon: Daemon, name: str) -> int:
+    """How many restarts of the actor ``name`` the daemon logged (a link worker: by its peer)."""
+    if name.startswith("link-"):
+        return len(daemon.events("actor.restarted", actor="links", peer=name.removeprefix("link-")))
+    return len(daemon.events("actor.restarted", supervisor="node", actor=name))
+
+
+def test_fault_injection_is_refused_unless_enabled(daemons: Daemons) -> None:
+    (alice,) = daemons.start("alice")
+    reply = control(alice.home, "crash", actor="listener")
+    assert reply["error"]["type"] == "ConfigError" and "fault injection is off" in reply["error"]["message"]
+    assert not alice.events("actor.exited", actor="listener")
+
+
+def test_each_crashed_actor_is_restarted_per_its_strategy_links_and_pairings_kept(daemons: Daemons) -> None:
+    alice, bob = daemons.start("alice", "bob", extra=(*FAULTS, "--set", "testing.max_restarts=100"))
+    daemons.pair(alice, bob)
+    devices = control(alice.home, "devices")["result"]
+    for kind, group in RESTARTED.items():
+        before = {name: _restarted(alice, name) for name in group}
+        assert _crash(alice, kind) == kind
+        for name in group:
+            eventually(
+                f"{name} restarted after a crash of {kind}",
+                lambda n=name, b=before[name]: _restarted(alice, n) > b,
+            )
+        crashed = alice.events("actor.exited", actor=kind)[-1]
+        assert "InjectedFault" in crashed["reason"], crashed
+        eventually(f"the link up after a crash of {kind}", lambda: alice.link_up() and bob.link_up())
+        assert control(alice.home, "devices")["result"] == devices
+
+    # A link worker: its supervisor (the links actor) restarts it after backoff_min.
+    worker = _crash(alice, "link")
+    assert worker == f"link-{bob.info['fingerprint']}"
+    eventually("the worker restarted", lambda: _restarted(alice, worker) >= 1)
+    assert "InjectedFault" in alice.events("actor.exited", actor=worker)[-1]["reason"]
+    eventually("the link up after a crash of its worker", lambda: alice.link_up() and bob.link_up())
+
+    # A pairing session is temporary: never restarted; whoever waited for it hears of it.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a "device" that never answers
+    silent.bind(("127.0.0.1", 0))
+    argv = [*_cli(), "--home", str(alice.home), "join", "7-abandon-ability-able", "--address"]
+    argv += [f"127.0.0.1:{silent.getsockname()[1]}", "--timeout", "30"]
+    joining = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        alice.wait_event("pairing.dial")
+        session = _crash(alice, "session")
+        assert session.startswith("pair-j-")
+        _, err = joining.communicate(timeout=20)
+    finally:
+        if joining.poll() is None:
+            joining.kill()
+            joining.communicate()
+        silent.close()
+    assert joining.returncode == 4 and "pairing session failed" in err and "[INTERNAL_ERROR]" in err, err
+    assert "InjectedFault" in alice.events("actor.exited", actor=session)[-1]["reason"]
+    assert not alice.events("actor.restarted", actor=session)
+    assert control(alice.home, "devices")["result"] == devices and alice.link_up()
+    # Every crash in the log is one we asked for: none followed from another.
+    crashes = [e for e in alice.events() if "exception" in e]
+    assert crashes and all("InjectedFault" in e["exception"] for e in crashes), crashes
+
+
+def test_repeated_crashes_escalate_to_a_clean_exit_70(daemons: Daemons) -> None:
+    alice, bob = daemons.start("alice", "bob", extra=FAULTS)  # the default intensity: 3 in 5 s
+    daemons.pair(alice, bob)
+    for count in range(1, 4):
+        _crash(alice, "listener")  # a link it accepted goes down with INTERNAL_ERROR, and comes back
+        eventually("the listener restarted", lambda c=count: _restarted(alice, "listener") >= c)
+    eventually("the link up again", lambda: alice.link_up() and bob.link_up())
+    downs = len(bob.events("link.down"))
+    _crash(alice, "listener")  # the fourth within 5 s: restarting does not help
+    assert alice.wait() == 70, alice.log_tail()
+    (escalated,) = alice.events("supervisor.escalated", supervisor="node")
+    assert (escalated["restarts"], escalated["max_restarts"]) == (4, 3)
+    assert alice.events("node.failed") and alice.events("daemon.node_failed", exit_status=70)
+    assert not (alice.home / "control.sock").exists()
+    # The node stopped its tree in order: the link was closed as a shutdown, not a fault.
+    assert [(d["code"], d["fault"]) for d in bob.events("link.down")[downs:]][-1:] == [("GOING_AWAY", False)]
+
+
+def test_no_thread_or_descriptor_leaks_across_100_crash_and_restart_cycles(daemons: Daemons) -> None:
+    alice, bob = daemons.start("alice", "bob", extra=(*FAULTS, "--set", "testing.max_restarts=1000"))
+    daemons.pair(alice, bob)
+    proc = Path(f"/proc/{alice.pid}")
+
+    def resources() -> tuple[int, int]:
+        return len(os.listdir(proc / "task")), len(os.listdir(proc / "fd"))
+
+    baseline = eventually("a settled baseline", lambda: (r := resources()) == resources() and r, every=0.5)
+    kinds = ["listener", "link", "registry", "discovery", "links", "sessions"]
+    names = {kind: kind for kind in kinds} | {"link": f"link-{bob.info['fingerprint']}"}
+    for cycle in range(100):  # each one a whole cycle: crashed, then restarted
+        kind = kinds[cycle % len(kinds)]
+        before = _restarted(alice, names[kind])
+        assert _crash(alice, kind) == names[kind]
+        eventually(
+            f"cycle {cycle}: {kind} restarted", lambda k=kind, b=before: _restarted(alice, names[k]) > b
+        )
+    eventually("the link up after 100 crashes", lambda: alice.link_up() and bob.link_up(), timeout=30)
+    assert sum(1 for _ in alice.events("actor.exited") if "InjectedFault" in _["reason"]) >= 100
+    eventually(f"back to {baseline} threads and descriptors", lambda: resources() == baseline, timeout=20)
+    assert not alice.events("supervisor.escalated")
