@@ -291,12 +291,20 @@ def cmd_id(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _say(args: argparse.Namespace, obj: Any, lines: Sequence[str]) -> None:
+    """``_out`` for the daemon: a terminal that hung up (EIO) must not end it; nobody reads it now."""
+    try:
+        _out(args, obj, lines)
+    except OSError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences later lines and the flush at exit
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     reread = lambda: _settings(args)  # noqa: E731 - SIGHUP reads the same file and options again
 
     def ready(info: dict[str, Any]) -> None:
-        _out(
+        _say(
             args,
             {"event": "ready", **info},
             [
@@ -307,10 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
 
     status = run_daemon(args.home, settings, on_ready=ready, reload=reread)
-    try:
-        _out(args, {"event": "stopped"}, ["quicpair: stopped"])
-    except OSError:  # the terminal that started us is gone (it hung up): nobody to tell
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+    _say(args, {"event": "stopped"}, ["quicpair: stopped"])
     return status
 
 

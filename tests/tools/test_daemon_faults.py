@@ -486,19 +486,20 @@ def test_each_crashed_actor_is_restarted_per_its_strategy_links_and_pairings_kep
 def test_repeated_crashes_escalate_to_a_clean_exit_70(daemons: Daemons) -> None:
     alice, bob = daemons.start("alice", "bob", extra=FAULTS)  # the default intensity: 3 in 5 s
     daemons.pair(alice, bob)
-    for count in range(1, 4):
-        _crash(alice, "listener")  # a link it accepted goes down with INTERNAL_ERROR, and comes back
-        eventually("the listener restarted", lambda c=count: _restarted(alice, "listener") >= c)
-    eventually("the link up again", lambda: alice.link_up() and bob.link_up())
     downs = len(bob.events("link.down"))
-    _crash(alice, "listener")  # the fourth within 5 s: restarting does not help
+    for count in range(1, 4):  # discovery: a child of the root that holds no link
+        _crash(alice, "discovery")
+        eventually("discovery restarted", lambda c=count: _restarted(alice, "discovery") >= c)
+    assert alice.link_up()
+    _crash(alice, "discovery")  # the fourth within 5 s: restarting does not help
     assert alice.wait() == 70, alice.log_tail()
     (escalated,) = alice.events("supervisor.escalated", supervisor="node")
     assert (escalated["restarts"], escalated["max_restarts"]) == (4, 3)
     assert alice.events("node.failed") and alice.events("daemon.node_failed", exit_status=70)
     assert not (alice.home / "control.sock").exists()
     # The node stopped its tree in order: the link was closed as a shutdown, not a fault.
-    assert [(d["code"], d["fault"]) for d in bob.events("link.down")[downs:]][-1:] == [("GOING_AWAY", False)]
+    down = _went_away(bob, downs)
+    assert (down["code"], down["fault"]) == ("GOING_AWAY", False), down
 
 
 def test_no_thread_or_descriptor_leaks_across_100_crash_and_restart_cycles(daemons: Daemons) -> None:
