@@ -93,8 +93,16 @@ def test_sighup_reloads_what_it_can_says_what_waits_and_systemd_hears_of_it(
     notify.bind(str(notify_path))
     notify.settimeout(20)
 
+    pings = 0
+
     def notified() -> set[str]:
-        return set(notify.recv(4096).decode().split("\n"))
+        """The next state change (watchdog pings are counted, not returned)."""
+        nonlocal pings
+        while True:
+            fields = set(notify.recv(4096).decode().split("\n"))
+            if fields != {"WATCHDOG=1"}:
+                return fields
+            pings += 1
 
     def until(field: str) -> None:
         for _ in range(10):
@@ -104,7 +112,8 @@ def test_sighup_reloads_what_it_can_says_what_waits_and_systemd_hears_of_it(
 
     home = tmp_path / "alice"
     assert quicpair("init", home=home).returncode == 0
-    alice = daemons.spawn("alice", home=home, env={**ENV, "NOTIFY_SOCKET": str(notify_path)})
+    systemd = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"}  # WatchdogSec=1
+    alice = daemons.spawn("alice", home=home, env={**ENV, **systemd})
     alice.ready()
     ready = notified()
     assert {"READY=1", f"MAINPID={alice.pid}"} <= ready and any(f.startswith("STATUS=") for f in ready)
@@ -130,6 +139,7 @@ def test_sighup_reloads_what_it_can_says_what_waits_and_systemd_hears_of_it(
 
     alice.signal(signal.SIGTERM)
     assert "STOPPING=1" in notified()
+    assert pings >= 2  # at least every half watchdog period while it ran
     assert alice.wait() == 0 and not (home / "control.sock").exists()
     notify.close()
 
