@@ -161,6 +161,9 @@ class Node:
                 on_escalate=self._on_escalate,
             )
             ctx.bound.result(timeout=CALL_TIMEOUT)
+            # Answered once the root's on_start has run, i.e. every child started and its ref
+            # is in the context (the port may be bound before the listener's ref is recorded).
+            self._root.proxy().which_children().get(timeout=CALL_TIMEOUT)
         except BaseException:
             self._shutdown()
             raise
@@ -296,9 +299,13 @@ class Node:
         )
         return change
 
-    def check_registry(self) -> None:
-        """RegistryError if the registry file was replaced or damaged under the node."""
-        self._ask_registry("check")
+    def check_registry(self, timeout: float = CALL_TIMEOUT) -> None:
+        """RegistryError if the registry file was replaced or damaged under the node.
+
+        pykka.Timeout when the registry does not answer within ``timeout`` seconds.
+        """
+        registry = self._context.require_registry()
+        registry.proxy().check().get(timeout=timeout)
 
     def crash_actor(self, kind: str, peer: NodeId | None = None) -> str:
         """Crash a running actor of ``kind`` (actors/faults.py); only with ``[testing] fault_injection``.

@@ -166,10 +166,11 @@ def connect_control(home: Path, timeout: float = _PROBE_TIMEOUT, *, explain: boo
         why = "no socket" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
         holder = lock_holder(home) if explain else None
         if holder is not None:
+            pid = str(holder) if holder else "?"
             raise DaemonUnreachable(
-                f"a quicpair process (pid {holder}) is running for {home}, but its control socket "
+                f"a quicpair process (pid {pid}) is running for {home}, but its control socket "
                 f"{path} does not answer ({why}); a daemon binds a deleted socket again within "
-                f"seconds: try again, or stop it with: kill -TERM {holder}",
+                f"seconds: try again, or stop it with: kill -TERM {pid}",
                 holder,
             ) from exc
         if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
@@ -193,7 +194,7 @@ def lock_holder(home: Path) -> int | None:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return None
             text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            return int(text) if text.isdigit() else 0
+            return int(text) if text.isdigit() else 0  # 0: held, by a pid not written yet
         fcntl.flock(fd, fcntl.LOCK_UN)  # nobody holds it: we only looked
         return None
     finally:
@@ -570,6 +571,8 @@ _PAUSE_MIN = 0.05
 _PAUSE_MAX = 2.0
 #: Errors of accept() that mean "out of a resource", not "a client misbehaved".
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN))
+#: How long the main loop waits for the registry's check (a busy registry is asked next time).
+_REGISTRY_CHECK_TIMEOUT = 2.0
 #: The signals the daemon handles; what each does is in the module docstring.
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 
@@ -591,9 +594,12 @@ class _AcceptPause:
         self._since = 0.0
         self._first_error = ""
 
-    @property
-    def paused(self) -> bool:
-        return self.resume_at is not None
+    def due(self, now: float) -> bool:
+        """True once the pause is over (then accepting is tried again; the episode goes on)."""
+        if self.resume_at is None or now < self.resume_at:
+            return False
+        self.resume_at = None
+        return True
 
     def failed(self, exc: OSError, now: float) -> None:
         if self._failures == 0:
@@ -606,6 +612,7 @@ class _AcceptPause:
         self.resume_at = now + self._delay
 
     def succeeded(self, now: float) -> None:
+        """An accept worked: the episode, if there was one, is over."""
         if self._failures:
             self._log.warning(
                 "control.accept_resumed",
@@ -673,7 +680,7 @@ class _Daemon:
         self._wake()
 
     def _client_left(self) -> None:
-        if self.pause.paused:
+        if self.pause.resume_at is not None:
             self.pause.resume_soon()
             self._wake()
 
@@ -691,6 +698,7 @@ class _Daemon:
             listening = True
             next_watch = time.monotonic() + WATCH_INTERVAL
             tick = min(WATCH_INTERVAL, self.notifier.watchdog_interval or WATCH_INTERVAL)
+            next_ping = 0.0
             while not self.stopping.is_set():
                 now = time.monotonic()
                 timeout = max(0.0, next_watch - now)
@@ -704,11 +712,12 @@ class _Daemon:
                         listening = self._accept(selector)
                 self._handle_signals()
                 now = time.monotonic()
-                if not listening and self.pause.resume_at is not None and now >= self.pause.resume_at:
+                if not listening and self.pause.due(now):
                     selector.register(self.server.sock, selectors.EVENT_READ)  # try again
                     listening = True
-                if self.notifier.watchdog_interval:
+                if self.notifier.watchdog_interval and now >= next_ping:
                     self.notifier.send("WATCHDOG=1")
+                    next_ping = now + self.notifier.watchdog_interval
                 if now >= next_watch:
                     next_watch = now + WATCH_INTERVAL
                     listening = self._check_home(selector, listening)
@@ -722,8 +731,7 @@ class _Daemon:
             selector.unregister(self.server.sock)
             self.pause.failed(exc, time.monotonic())
             return False
-        if self.pause.paused:
-            self.pause.succeeded(time.monotonic())
+        self.pause.succeeded(time.monotonic())
         return True
 
     def _handle_signals(self) -> None:
@@ -766,7 +774,7 @@ class _Daemon:
         lost = self.watch.lost()
         if lost is None:
             try:
-                self.node.check_registry()
+                self.node.check_registry(timeout=_REGISTRY_CHECK_TIMEOUT)
             except RegistryError as exc:
                 lost = str(exc)
             except Exception:  # the registry is restarting or busy: ask again next time

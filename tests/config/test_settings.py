@@ -35,7 +35,8 @@ def test_defaults() -> None:
     assert dataclasses.astuple(settings.link) == (30.0, 10.0, 0.5, 30.0, 0.2, 10.0, 0.25, 5.0)
     assert settings.discovery.mdns is True
     assert (settings.log.level, settings.log.format) == ("info", "auto")
-    assert dataclasses.astuple(settings.testing) == (False, False, "", False), "fault injection is off"
+    testing = dataclasses.astuple(settings.testing)
+    assert testing == (False, False, "", False, False, 3, 5.0), "fault injection is off"
     assert settings.node.name, "an empty name in the defaults becomes the host name"
     assert settings.node.name == (platform.node() or "quicpair")[:MAX_NAME_LEN]
 

@@ -93,16 +93,12 @@ def test_sighup_reloads_what_it_can_says_what_waits_and_systemd_hears_of_it(
     notify.bind(str(notify_path))
     notify.settimeout(20)
 
-    pings = 0
-
     def notified() -> set[str]:
-        """The next state change (watchdog pings are counted, not returned)."""
-        nonlocal pings
+        """The next state change (watchdog pings are skipped)."""
         while True:
             fields = set(notify.recv(4096).decode().split("\n"))
             if fields != {"WATCHDOG=1"}:
                 return fields
-            pings += 1
 
     def until(field: str) -> None:
         for _ in range(10):
@@ -137,9 +133,10 @@ def test_sighup_reloads_what_it_can_says_what_waits_and_systemd_hears_of_it(
     assert "code_expiry = -1 is out of range" in failed["error"]
     assert control(home, "pair")["result"]["expires_in"] == 60.0
 
+    for _ in range(3):  # the main loop pings every half watchdog period (0.5 s), whatever else happens
+        assert notify.recv(4096) == b"WATCHDOG=1"
     alice.signal(signal.SIGTERM)
     assert "STOPPING=1" in notified()
-    assert pings >= 2  # at least every half watchdog period while it ran
     assert alice.wait() == 0 and not (home / "control.sock").exists()
     notify.close()
 
