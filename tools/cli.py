@@ -85,7 +85,8 @@ exit status:
   4    the pairing failed: wrong code, expired, used up, busy, timed out... (PairingFailed)
   5    the other device could not be reached (PeerUnreachable)
   6    the home cannot be used: identity, registry (also a failed write: disk full) or settings
-  7    no daemon runs for this home (start one: quicpair run; or use --oneshot)
+  7    no daemon runs for this home (start one: quicpair run; or use --oneshot),
+       or one holds it but its control socket does not answer (its pid is named)
   8    a daemon already serves this home (quicpair run refuses to start a second one)
   9    PEER is not one paired device: unknown, unpaired, or a name or fingerprint several have
   70   run: the node failed (an actor kept crashing; supervision gave up)
