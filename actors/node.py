@@ -49,6 +49,7 @@ import pykka
 
 from quicpair.actors.context import NodeContext
 from quicpair.actors.discovery.actor import RESOLVE_NAMEPLATE_TIMEOUT, DiscoveryActor
+from quicpair.actors.faults import crash_actor
 from quicpair.actors.kernel.counters import Counters
 from quicpair.actors.kernel.exits import Supervised
 from quicpair.actors.kernel.logs import RateLimitedLog, get_logger, set_level
@@ -69,6 +70,7 @@ from quicpair.actors.registry.actor import (
     RegistryStore,
 )
 from quicpair.actors.transport.tls import enable_key_log
+from quicpair.config.live import SettingsChange, apply_live
 from quicpair.config.settings import Settings, load_settings
 from quicpair.protocol import errors
 from quicpair.protocol.codebook import Codebook
@@ -194,9 +196,14 @@ class Node:
                     ChildSpec("discovery", lambda: DiscoveryActor.start_on(loop, ctx)),
                 ],
                 strategy=Strategy.REST_FOR_ONE,
+                max_restarts=self.settings.testing.max_restarts,
+                period=self.settings.testing.restart_period,
                 on_escalate=self._on_escalate,
             )
             ctx.bound.result(timeout=CALL_TIMEOUT)
+            # Answered once the root's on_start has run, i.e. every child started and its ref
+            # is in the context (the port may be bound before the listener's ref is recorded).
+            self._root.proxy().which_children().get(timeout=CALL_TIMEOUT)
         except BaseException:
             self._shutdown()
             raise
@@ -381,6 +388,38 @@ class Node:
         states = [DeviceState.CONFIRMED] + ([DeviceState.PENDING] if include_pending else [])
         records = self._ask_registry("list", states)
         return [Device.from_record(r) for r in records]
+
+    def reconfigure(self, settings: Settings) -> SettingsChange:
+        """Run with the live settings of ``settings`` from now on (config/live.py says which).
+
+        The others keep their running value until a restart; the returned change says
+        what was applied and what waits. The log is the caller's (it is the process's).
+        """
+        ctx = self._context
+        change = apply_live(self.settings, settings)
+        self.settings = ctx.settings = change.settings
+        ctx.log.info(
+            "node.reconfigured", applied=sorted(change.applied), needs_restart=sorted(change.needs_restart)
+        )
+        return change
+
+    def check_registry(self, timeout: float = CALL_TIMEOUT) -> None:
+        """RegistryError if the registry file was replaced or damaged under the node.
+
+        pykka.Timeout when the registry does not answer within ``timeout`` seconds.
+        """
+        registry = self._context.require_registry()
+        registry.proxy().check().get(timeout=timeout)
+
+    def crash_actor(self, kind: str, peer: NodeId | None = None) -> str:
+        """Crash a running actor of ``kind`` (actors/faults.py); only with ``[testing] fault_injection``.
+
+        Returns the crashed actor's name. ConfigError when fault injection is off,
+        ValueError when no such actor runs right now.
+        """
+        ctx = self._context
+        assert self._root is not None
+        return crash_actor(ctx, self._root, kind, peer)
 
     def device(self, peer: NodeId) -> Device | None:
         record = self._ask_registry("get", peer)

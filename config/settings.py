@@ -210,6 +210,12 @@ class TestingSettings:
     drop_restart_notice: bool = _rule()
     #: The node SIGKILLs itself at this step of a pairing ("" = never): the crash tests.
     kill_at: str = _rule(choices=("", *KILL_POINTS))
+    #: The ``crash`` control request (Node.crash_actor) may crash an actor of the node.
+    fault_injection: bool = _rule()
+    #: Restarts the node's root supervisor allows within restart_period before the node fails.
+    max_restarts: int = _rule(ge=0, le=1_000_000)
+    #: The window of max_restarts (seconds).
+    restart_period: float = _rule(gt=0, le=3600)
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,8 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 0x16
     #: The pairing was abandoned before both sides committed; neither side keeps it.
     ABORTED = 0x17
+    #: The sender could not store what the step needs (its disk is full or failing); nothing was kept.
+    STORAGE_ERROR = 0x18
 
     #: Key confirmation failed: the code was wrong, or someone is in the middle.
     WRONG_CODE = 0x20
@@ -135,6 +137,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.UNSUPPORTED_VERSION: "unsupported protocol version",
     ErrorCode.TIMEOUT: "timed out",
     ErrorCode.ABORTED: "pairing aborted; nothing was stored",
+    ErrorCode.STORAGE_ERROR: "could not store the pairing (the disk may be full); nothing was kept",
     ErrorCode.WRONG_CODE: "wrong code (or someone in the middle)",
     ErrorCode.CODE_EXPIRED: "the code has expired",
     ErrorCode.CODE_USED_UP: "the code is used up (already used, or burned after too many failed attempts)",

@@ -31,7 +31,7 @@ from typing import Any, NoReturn, TextIO, cast
 from quicpair.protocol.errors import ConfigError, IdentityError, QuicpairError, UsageError
 
 from .cli_links import MessageError, UnknownPeer, add_link_commands, peer_completer, printable, resolve_peer
-from .client import CALL_WAIT, ControlClient, DaemonError, NoDaemon, unwrap_reply
+from .client import CALL_WAIT, ControlClient, DaemonError, DaemonUnreachable, NoDaemon, unwrap_reply
 
 # argparse looks up every message's translation on disk (gettext.find stats the locale
 # directories at each call, ~40 calls per command line): the same translations, remembered.
@@ -88,13 +88,16 @@ exit status:
   4    the pairing failed: wrong code, expired, used up, cancelled, busy, SAS refused,
        timed out... (PairingFailed)
   5    the other device could not be reached (PeerUnreachable)
-  6    the home cannot be used: missing, not yours, identity, registry or settings
-       (IdentityError, RegistryError, ConfigError)
-  7    no daemon runs for this home (start one: quicpair run; or use --oneshot)
+  6    the home cannot be used: missing, not yours, identity, registry (also a failed
+       write: disk full) or settings (IdentityError, RegistryError, ConfigError)
+  7    no daemon runs for this home (start one: quicpair run; or use --oneshot),
+       or one holds it but its control socket does not answer (its pid is named)
   8    a daemon already serves this home (quicpair run refuses to start a second one)
   9    PEER is not one paired device: unknown, unpaired, or a name or fingerprint several have
   10   the UDP port is in use by another program (choose another with --listen HOST:PORT)
   11   receive: no message arrived
+  70   run: the node failed (an actor kept crashing; supervision gave up)
+  74   run: the home, identity key or registry vanished or was replaced under the daemon
   130  interrupted (Ctrl-C); an open code is cancelled
 
 The home is $QUICPAIR_HOME, or ~/.quicpair. Settings are read from --config, or
@@ -103,8 +106,16 @@ The home is $QUICPAIR_HOME, or ~/.quicpair. Settings are read from --config, or
 _SUB_EPILOG = "exit status: 0 on success; `quicpair --help` lists the others."
 
 
+#: A pairing that failed because this device could not store it is a registry write
+#: failure (6), like every other one; the other device's failure stays a failed pairing (4).
+_STORAGE_ERROR = "STORAGE_ERROR"
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The documented exit status for an error raised here or reported by the daemon."""
+    code = getattr(exc, "code", None)
+    if (getattr(code, "name", code) == _STORAGE_ERROR) and not getattr(exc, "remote", False):
+        return EXIT_CODES["RegistryError"]
     if isinstance(exc, DaemonError):
         return EXIT_CODES.get(exc.kind, EXIT_ERROR)
     for cls in type(exc).__mro__:
@@ -153,6 +164,8 @@ def _node(args: argparse.Namespace) -> Iterator[ControlClient | _InProcessNode]:
     else:
         try:
             node = ControlClient(args.home)
+        except DaemonUnreachable:
+            raise  # a daemon holds the home: --oneshot would be refused too
         except NoDaemon as exc:
             hint = " (or add --oneshot to run a node just for this command)" if "oneshot" in args else ""
             raise NoDaemon(f"{exc}{hint}") from None
@@ -170,7 +183,7 @@ def _settings(args: argparse.Namespace, **overrides: dict[str, Any]) -> Any:
     if path is None and (args.home / CONFIG_FILE).is_symlink():
         # Files in the home are never followed (a link could expose another file in errors).
         raise IdentityError(f"{args.home / CONFIG_FILE} is a symbolic link; not following it")
-    if path is None and (args.home / CONFIG_FILE).is_file():
+    if path is None and _is_file(args.home / CONFIG_FILE):
         path = args.home / CONFIG_FILE
     layered: dict[str, dict[str, Any]] = {}
     for section, key, value in getattr(args, "set", None) or []:
@@ -187,6 +200,28 @@ def _settings(args: argparse.Namespace, **overrides: dict[str, Any]) -> Any:
     for section, values in overrides.items():
         layered.setdefault(section, {}).update(values)
     return load_settings(path, **layered)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, but a file we may not look at is a ConfigError, not a traceback."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _check_home_access(home: Path) -> None:
+    """IdentityError (one line, exit 6) for a home this user cannot read, write or enter."""
+    try:
+        os.stat(home)
+    except FileNotFoundError:
+        return  # init creates it; the other commands say it has no identity or no daemon
+    except OSError as exc:
+        raise IdentityError(f"cannot use {home} as the node's home: {exc.strerror}") from exc
+    if not os.access(home, os.R_OK | os.W_OK | os.X_OK):
+        raise IdentityError(
+            f"cannot use {home} as the node's home: permission denied (run quicpair as the user who owns it)"
+        )
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -312,6 +347,14 @@ def cmd_id(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _say(args: argparse.Namespace, obj: Any, lines: Sequence[str]) -> None:
+    """``_out`` for the daemon: a terminal that hung up (EIO) must not end it; nobody reads it now."""
+    try:
+        _out(args, obj, lines)
+    except OSError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences later lines and the flush at exit
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.init and not (args.home / IDENTITY_FILE).exists():
         # A mistyped --home must not quietly become a new device with a new identity.
@@ -331,9 +374,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     from .daemon import run_daemon
 
+    reread = lambda: _settings(args)  # noqa: E731 - SIGHUP reads the same file and options again
+
     def ready(info: dict[str, Any]) -> None:
         stop = f"quicpair --home {info['home']} stop"
-        _out(
+        _say(
             args,
             {"event": "ready", **info, "stop_command": stop},
             [
@@ -343,8 +388,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             ],
         )
 
-    status = run_daemon(args.home, settings, on_ready=ready)
-    _out(args, {"event": "stopped"}, ["quicpair: stopped"])
+    status = run_daemon(args.home, settings, on_ready=ready, reload=reread)
+    _say(args, {"event": "stopped"}, ["quicpair: stopped"])
     return status
 
 
@@ -905,11 +950,16 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
     home = args.home or os.environ.get("QUICPAIR_HOME") or "~/.quicpair"
     args.home = Path(os.path.expanduser(home))
     try:
+        _check_home_access(args.home)
         code: int = args.func(args)
         return code
     except QuicpairError as exc:
         status = exit_code_for(exc)
         _print_error(err, bool(args.json), exc, status)
+        return status
+    except PermissionError as exc:  # a file of the home we may not use: one line, like the others
+        status = EXIT_CODES["IdentityError"]
+        _print_error(err, bool(args.json), QuicpairError(f"cannot use {exc.filename}: {exc.strerror}"), status)
         return status
     except KeyboardInterrupt:
         if args.json:

@@ -11,6 +11,8 @@ protocol itself is tools/control.py's.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import socket
@@ -23,17 +25,22 @@ from quicpair.protocol.errors import ConfigError, QuicpairError
 __all__ = [
     "CALL_WAIT",
     "CONTROL_SOCKET",
+    "LOCK_FILE",
     "MAX_REQUEST_LINE",
     "PROBE_TIMEOUT",
     "ControlClient",
     "DaemonError",
+    "DaemonUnreachable",
     "NoDaemon",
     "connect_control",
     "control_socket_path",
+    "lock_holder",
     "unwrap_reply",
 ]
 
 CONTROL_SOCKET = "control.sock"
+#: The home's lock: held (flock) by the daemon, or a one-shot command, that uses the home.
+LOCK_FILE = "daemon.lock"
 #: A request is a few hundred bytes (a pairing URI is at most 8 KiB); anything
 #: this long is garbage, refused before it costs memory.
 MAX_REQUEST_LINE = 64 * 1024
@@ -49,6 +56,15 @@ class NoDaemon(QuicpairError):
     """No quicpair daemon serves this home; start one with `quicpair run`."""
 
 
+class DaemonUnreachable(NoDaemon):
+    """A quicpair process holds this home, but its control socket does not answer."""
+
+    def __init__(self, message: str, pid: int) -> None:
+        super().__init__(message)
+        #: The process that holds the home's lock.
+        self.pid = pid
+
+
 def control_socket_path(home: Path) -> Path:
     """``<home>/control.sock``; ConfigError if the path is too long for a Unix socket."""
     path = home.absolute() / CONTROL_SOCKET
@@ -60,22 +76,56 @@ def control_socket_path(home: Path) -> Path:
     return path
 
 
-def connect_control(home: Path, timeout: float = PROBE_TIMEOUT) -> socket.socket:
-    """A connection to the daemon serving ``home``; NoDaemon when nothing answers there."""
+def connect_control(home: Path, timeout: float = PROBE_TIMEOUT, *, explain: bool = True) -> socket.socket:
+    """A connection to the daemon serving ``home``; NoDaemon when nothing answers there.
+
+    ``explain``: when nothing answers, look whether a process still holds the home
+    (DaemonUnreachable, with its pid). A daemon about to claim the home does not look:
+    its own lock attempt answers that, without a moment where it holds the lock shared.
+    """
     path = control_socket_path(home)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(os.fspath(path))
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        sock.close()
-        raise NoDaemon(
-            f"no quicpair daemon is running for {home}; start one with: quicpair --home {home} run"
-        ) from exc
     except OSError as exc:
         sock.close()
-        raise NoDaemon(f"cannot reach the daemon of {home} at {path}: {exc.strerror or exc}") from exc
+        why = "no socket" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
+        holder = lock_holder(home) if explain else None
+        if holder is not None:
+            pid = str(holder) if holder else "?"
+            raise DaemonUnreachable(
+                f"a quicpair process (pid {pid}) is running for {home}, but its control socket "
+                f"{path} does not answer ({why}); a daemon binds a deleted socket again within "
+                f"seconds: try again, or stop it with: kill -TERM {pid}",
+                holder,
+            ) from exc
+        if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+            raise NoDaemon(
+                f"no quicpair daemon is running for {home}; start one with: quicpair --home {home} run"
+            ) from exc
+        raise NoDaemon(f"cannot reach the daemon of {home} at {path}: {why}") from exc
     return sock
+
+
+def lock_holder(home: Path) -> int | None:
+    """The pid of the process holding ``home``'s lock (a daemon or a one-shot command), or None."""
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else 0  # 0: held, by a pid not written yet
+        fcntl.flock(fd, fcntl.LOCK_UN)  # nobody holds it: we only looked
+        return None
+    finally:
+        os.close(fd)
 
 
 class DaemonError(QuicpairError):
@@ -87,6 +137,8 @@ class DaemonError(QuicpairError):
         self.kind = str(error.get("type", "QuicpairError"))
         #: The wire code name, when the error has one (e.g. "WRONG_CODE").
         self.code: str | None = error.get("code")
+        #: The peer reported it (a pairing error), rather than the node deciding it.
+        self.remote = bool(error.get("remote", False))
 
 
 def unwrap_reply(reply: Any) -> Any:

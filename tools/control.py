@@ -56,6 +56,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "outbox": ("node_id",),
     "unpair": ("node_id", "timeout"),
     "stop": (),
+    "crash": ("actor", "node_id"),
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "wait_offer": ("nameplate",),
@@ -69,6 +70,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "device": ("node_id",),
     "send": ("node_id", "payload"),
     "unpair": ("node_id",),
+    "crash": ("actor",),
 }
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "nameplate": int,
@@ -84,6 +86,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "session": str,
     "accept": bool,
     "action": str,
+    "actor": str,
 }
 #: Longest wait a request may ask for (a typo of 3600 for 3.6 must not wedge a worker thread).
 MAX_TIMEOUT = 600.0
@@ -318,6 +321,11 @@ class Controller:
     def _op_unpair(self, request: dict[str, Any]) -> dict[str, Any]:
         kwargs = {"timeout": request["timeout"]} if "timeout" in request else {}
         return {"delivered": self.node.unpair(_node_id(request), **kwargs)}
+
+    def _op_crash(self, request: dict[str, Any]) -> dict[str, Any]:
+        # Fault injection (actors/faults.py): refused unless [testing] fault_injection is on.
+        peer = _node_id(request) if "node_id" in request else None
+        return {"crashed": self.node.crash_actor(request["actor"], peer)}
 
     def _op_stop(self, _: dict[str, Any]) -> dict[str, Any]:
         self._on_stop()

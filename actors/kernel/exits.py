@@ -12,6 +12,11 @@ actor. The mixin works for ``ThreadingActor`` and ``LoopActor`` subclasses alike
     class Registry(Supervised, pykka.ThreadingActor): ...
     class Session(Supervised, LoopActor): ...
 
+Fault injection goes through the same door: a Supervised actor that is told
+:class:`InjectedCrash` raises :class:`InjectedFault` from its handler, which is
+an ordinary crash of that actor (actors/faults.py sends it, only when the node's
+``[testing] fault_injection`` is on).
+
 A child learns its parent at construction: whoever starts it (a
 :class:`~quicpair.actors.kernel.supervisor.Supervisor` running a ``ChildSpec``,
 the links supervisor, a test) does so inside :func:`supervised_by`, and
@@ -42,6 +47,8 @@ __all__ = [
     "Attachment",
     "ChildExited",
     "ExitReason",
+    "InjectedCrash",
+    "InjectedFault",
     "StartedProbe",
     "Supervised",
     "actor_log",
@@ -69,6 +76,18 @@ class ChildExited:
 @dataclass(frozen=True, slots=True)
 class StartedProbe:
     """Asked right after start: answered once on_start has run (or ActorDeadError if it failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InjectedCrash:
+    """Told to a Supervised actor: it crashes (raises InjectedFault) as if a handler failed."""
+
+    #: Who asked, carried into the exception and the exit's log line.
+    reason: str = "fault injection"
+
+
+class InjectedFault(RuntimeError):
+    """A crash asked for on purpose (``[testing] fault_injection``); never on a real device."""
 
 
 class Attachment:
@@ -159,6 +178,8 @@ class Supervised(pykka.Actor):
             return self._stop()
         if type(message) is StartedProbe:
             return None
+        if type(message) is InjectedCrash:
+            raise InjectedFault(f"{self.supervision_name}: {message.reason}")
         return super()._handle_receive(message)
 
     def _stop(self) -> None:

@@ -17,7 +17,12 @@ actor.
 caused by unauthenticated peers pass at most ``per_window`` times per window
 and name, and the rest are summarised once per window (``log.suppressed``).
 
-Event names are stable and documented in docs/ARCHITECTURE.md ("Events").
+No event name can grow what the handler writes faster than a fixed rate
+(actors/kernel/logbound.py): a failure that repeats in a loop costs the log
+a bounded number of lines, whatever its cause.
+
+Event names are stable and documented in docs/ARCHITECTURE.md ("Events");
+tests and operators grep for them, so renaming one is a breaking change.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from typing import Any, TextIO
 
 import structlog
 import structlog.testing
+
+from quicpair.actors.kernel.logbound import EventRateBound
 
 __all__ = [
     "LOGGER_NAME",
@@ -120,6 +127,7 @@ class _LineHandler(logging.Handler):
         self._json = fmt == "json"
         self._context = context
         self._console = structlog.dev.ConsoleRenderer(colors=False) if not self._json else None
+        self._bound = EventRateBound()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -127,6 +135,10 @@ class _LineHandler(logging.Handler):
             event.setdefault("level", record.levelname.lower())
             for key, value in self._context.items():
                 event.setdefault(key, value)
+            try:
+                event = dict(self._bound(None, "", event))
+            except structlog.DropEvent:
+                return  # over its event name's rate: counted, said on the next line that passes
             if self._json:
                 line = json.dumps(event, default=str)
             else:
@@ -136,6 +148,8 @@ class _LineHandler(logging.Handler):
                 self._stream.write(line + "\n")
                 self._stream.flush()
         except Exception:
+            # A closed terminal (EIO after a hang-up), a full disk, a closed pipe: the line
+            # is lost, but logging must never be what stops the node.
             pass
 
     def handleError(self, record: logging.LogRecord) -> None:

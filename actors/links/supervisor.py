@@ -74,7 +74,7 @@ from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol.codes import format_address
 from quicpair.protocol.dialrule import should_dial
-from quicpair.protocol.errors import ErrorCode, LocalProtocolError, QuicpairError
+from quicpair.protocol.errors import ErrorCode, LocalProtocolError, QuicpairError, RegistryError
 from quicpair.protocol.identity import NodeId
 from quicpair.protocol.notice import RestartNotice
 
@@ -259,6 +259,10 @@ class LinksActor(Supervised, LoopActor):
             )
         return out
 
+    def worker_refs(self) -> dict[NodeId, ActorRef[Any]]:
+        """The running link workers by peer (call through a proxy); for fault injection."""
+        return {peer: entry.ref for peer, entry in self._peers.items() if entry.ref is not None}
+
     # -- messages -------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
@@ -415,7 +419,9 @@ class LinksActor(Supervised, LoopActor):
     def _on_revoked(self, message: _Revoked) -> None:
         command = message.command
         if message.error is not None:
-            command.revoked.set_exception(QuicpairError(f"could not unpair: {message.error}"))
+            # A registry failure stays one (the CLI says so, exit status 6).
+            kind = RegistryError if isinstance(message.error, RegistryError) else QuicpairError
+            command.revoked.set_exception(kind(f"could not unpair: {message.error}"))
             return
         command.revoked.set_result(None)
         entry = self._peers.get(command.peer)

@@ -23,7 +23,7 @@ from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
 from quicpair.protocol.claims import LimitedClaims
 from quicpair.protocol.codebook import CodeState
-from quicpair.protocol.errors import ErrorCode
+from quicpair.protocol.errors import ErrorCode, RegistryError
 from quicpair.protocol.framing import FrameDecoder
 from quicpair.protocol.keys import Role
 from quicpair.protocol.messages import DeviceInfo, PairCommit
@@ -256,21 +256,11 @@ class InitiatorSession(PairingSessionBase):
         if offer is None or nameplate is None:
             return
         offer.attempts.append(errors.describe_code(event.code))
-        if event.code is ErrorCode.SAS_REFUSED:
-            # Words that differ mean someone else may know the code: nobody may use it now.
-            self.ctx.codebook.cancel(nameplate)
-            self.log.warning("pairing.code_closed", nameplate=nameplate, state="cancelled", reason="sas")
-            if not offer.result.done():
-                who = "on the other device" if event.remote else "here"
-                offer.result.set_exception(
-                    errors.PairingFailed(
-                        ErrorCode.SAS_REFUSED,
-                        f"the SAS words were refused {who}: someone may be in the middle; "
-                        "nothing was stored and the code is cancelled",
-                        remote=event.remote,
-                    )
-                )
-            del self.ctx.offers[nameplate]
+        if event.code in (ErrorCode.SAS_REFUSED, ErrorCode.STORAGE_ERROR):
+            # Words that differ mean someone else may know the code; a disk that is full here
+            # or there fails the next attempt too: nobody may use the code now, and whoever
+            # shows it learns why at once, not when it expires.
+            self._close_offer(nameplate, self.failure_for(event.code, event.remote))
             return
         status = self.ctx.codebook.describe(nameplate, self.ctx.clock())
         if status is not None and status.state in _FINAL_CODE_ERRORS and not offer.result.done():
@@ -292,6 +282,24 @@ class InitiatorSession(PairingSessionBase):
                 self._outcome.set_result(device)
             if offer is not None and not offer.result.done():
                 offer.result.set_result(device)
+
+    def storage_failed(self, what: str, error: RegistryError) -> None:
+        super().storage_failed(what, error)  # the machine ends: its code is no longer held
+        nameplate = self._nameplate()
+        if nameplate is not None:
+            self._close_offer(nameplate, self.failure_for(ErrorCode.STORAGE_ERROR, remote=False))
+
+    def _close_offer(self, nameplate: int, error: errors.PairingFailed) -> None:
+        """Fail the offer of ``nameplate`` with ``error`` and close its code for good."""
+        offer = self.ctx.offers.pop(nameplate, None)
+        if offer is None:
+            return
+        self.ctx.codebook.cancel(nameplate)
+        if self.ctx.offers_changed is not None:
+            self.ctx.offers_changed()
+        self.log.warning("pairing.code_closed", nameplate=nameplate, state="failed", code=error.code.name)
+        if not offer.result.done():
+            offer.result.set_exception(error)
 
     def _nameplate(self) -> int | None:
         machine = self.machine

@@ -41,7 +41,7 @@ from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.actors.transport.race import first_answer
 from quicpair.protocol import errors
 from quicpair.protocol.codes import PairingCode, format_address, split_address
-from quicpair.protocol.errors import ErrorCode, QuicpairError
+from quicpair.protocol.errors import ErrorCode, QuicpairError, RegistryError
 from quicpair.protocol.identity import NodeId
 from quicpair.protocol.keys import Role
 from quicpair.protocol.messages import ALPN_PAIR, DeviceInfo, PairDone
@@ -358,13 +358,7 @@ class JoinerSession(PairingSessionBase):
             self.ctx.counters.incr("pair.failed.joiner")
             self.log.warning("pairing.failed", code=event.code.name, remote=event.remote, detail=event.detail)
             # The detail (with the machine's state) is in the log; people get the code's meaning.
-            message = None
-            if event.code is ErrorCode.SAS_REFUSED:
-                who = "on the other device" if event.remote else "here"
-                message = (
-                    f"the SAS words were refused {who}: someone may be in the middle; nothing was stored"
-                )
-            self._settle_error(errors.PairingFailed(event.code, message, remote=event.remote))
+            self._settle_error(self.failure_for(event.code, event.remote))
         elif isinstance(event, PairingInDoubt):
             self._on_in_doubt(event)
         elif isinstance(event, PairingResolved):
@@ -475,6 +469,21 @@ class JoinerSession(PairingSessionBase):
             self._announce_paired(record)
             if not self.result.done():
                 self.result.set_result(Device.from_record(record, self._sas))
+
+    def storage_failed(self, what: str, error: RegistryError) -> None:
+        super().storage_failed(what, error)
+        if self._voted:
+            # After our vote the machine cannot fail, only doubt: the record stays
+            # PENDING (never used as paired) and the pairing is settled when the node
+            # next starts. Settled here, the session stops instead of asking again
+            # while the disk is still full.
+            self._settle_error(
+                errors.PairingFailed(
+                    ErrorCode.STORAGE_ERROR,
+                    f"this device could not store the pairing ({error}); it stays pending "
+                    "and is settled with the other device when this node next starts",
+                )
+            )
 
     def may_forget_pending(self) -> bool:
         return not self._voted

@@ -104,6 +104,15 @@ class ListenerActor(Supervised, LoopActor):
         self._start_spare()
 
     def on_stop(self) -> None:
+        # GOING_AWAY: peers must not treat our shutdown as a fault (DESIGN.md).
+        self._release(ErrorCode.GOING_AWAY, "node shutting down")
+
+    def on_failure(self, *exc_info: Any) -> None:
+        # pykka calls on_failure INSTEAD of on_stop after a crash: the port must be released
+        # all the same, or the restarted listener cannot bind it again (EADDRINUSE).
+        self._release(ErrorCode.INTERNAL_ERROR, "listener failed")
+
+    def _release(self, code: ErrorCode, reason: str) -> None:
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.stop(block=False)
@@ -114,9 +123,9 @@ class ListenerActor(Supervised, LoopActor):
         if self._listener is not None:
             if self.ctx.port is self._listener:
                 self.ctx.port = None
-            # GOING_AWAY: peers must not treat our shutdown as a fault (DESIGN.md).
-            self._listener.close(ErrorCode.GOING_AWAY, "node shutting down")
-            self.log.info("listener.closed")
+            self._listener.close(code, reason)
+            self._listener = None
+            self.log.info("listener.closed", code=code.name)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _BindFailed):

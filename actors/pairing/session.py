@@ -11,6 +11,12 @@ Everything runs on the node's loop thread: QuicLink callbacks are turned
 into messages to this actor (actors/transport/events.py, the adapter link
 workers use too), and registry replies come back the same way.
 
+A registry write that fails (a full disk, an I/O error, a registry replaced
+under the node) is not a crash: the session ends the machine with
+STORAGE_ERROR, so the peer is told why (PairReject, where the 2PC allows it)
+and the person on this side gets the registry's own message
+(:meth:`PairingSessionBase.storage_failed`).
+
 A session is a TEMPORARY child of the ``sessions`` supervisor: never
 restarted mid-handshake. If it crashes, ``on_failure`` resets the stream
 with INTERNAL_ERROR and closes the connection; a PENDING record it wrote is
@@ -38,9 +44,10 @@ from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.events import ConnClosed, ConnData, ConnReset, ToActor
 from quicpair.actors.transport.quic_link import QuicLink
+from quicpair.protocol import errors
 from quicpair.protocol.addresses import announced_addresses, dialable_observed
 from quicpair.protocol.codes import format_address
-from quicpair.protocol.errors import ErrorCode, QuicpairError
+from quicpair.protocol.errors import ErrorCode, QuicpairError, RegistryError
 from quicpair.protocol.framing import FrameDecoder
 from quicpair.protocol.identity import NodeId
 from quicpair.protocol.keys import PairingKeys, Role
@@ -94,6 +101,8 @@ class PairingSessionBase(Supervised, LoopActor):
         self._crashed = False
         self._writes_in_flight = 0
         self._done_link: QuicLink | None = None
+        #: The registry's failure that ended this pairing (STORAGE_ERROR), if one did.
+        self.storage_error: RegistryError | None = None
         self.connections = 0
 
     # -- subclass hooks ------------------------------------------------------
@@ -301,11 +310,46 @@ class PairingSessionBase(Supervised, LoopActor):
 
     def _on_write_done(self, message: _WriteDone) -> None:
         self._writes_in_flight -= 1
-        if message.error is not None:
-            # A registry that cannot write is a fault of this node: crash the
-            # session (on_failure aborts the pairing with INTERNAL_ERROR).
-            raise QuicpairError(f"registry write {message.what!r} failed: {message.error}")
-        self.on_write_done(message.what, message.result)
+        if isinstance(message.error, RegistryError):
+            self.storage_failed(message.what, message.error)
+        elif message.error is not None:
+            # Anything else is a bug of this node: crash the session (on_failure
+            # aborts the pairing with INTERNAL_ERROR).
+            raise QuicpairError(f"registry write {message.what!r} failed: {message.error!r}")
+        else:
+            self.on_write_done(message.what, message.result)
+
+    def storage_failed(self, what: str, error: RegistryError) -> None:
+        """A registry write failed: end the pairing with STORAGE_ERROR (the peer is told where it may be)."""
+        self.log.error("pairing.storage_failed", write=what, error=str(error))
+        self.ctx.counters.incr(f"pair.storage_failed.{self.role.value}")
+        if self.storage_error is None:
+            self.storage_error = error
+        if self.machine is not None:
+            self.machine.abort(ErrorCode.STORAGE_ERROR, self.ctx.clock())
+
+    def failure_for(self, code: ErrorCode, remote: bool) -> errors.PairingFailed:
+        """The error a person sees for a pairing that ended with ``code``."""
+        if code is ErrorCode.SAS_REFUSED:
+            who = "on the other device" if remote else "here"
+            closed = " and the code is cancelled" if self.role is Role.INITIATOR else ""
+            return errors.PairingFailed(
+                code,
+                f"the SAS words were refused {who}: someone may be in the middle; nothing was stored{closed}",
+                remote=remote,
+            )
+        if code is not ErrorCode.STORAGE_ERROR:
+            return errors.PairingFailed(code, remote=remote)
+        if remote:
+            return errors.PairingFailed(
+                code,
+                "the other device could not store the pairing (its disk may be full); "
+                "it is not paired on either device",
+                remote=True,
+            )
+        return errors.PairingFailed(
+            code, f"this device could not store the pairing ({self.storage_error}); it is not paired"
+        )
 
     def on_write_done(self, what: str, result: Any) -> None:
         raise NotImplementedError

@@ -140,6 +140,10 @@ class RegistryActor(pykka.ThreadingActor):
 
     # -- the store's operations --------------------------------------------------------
 
+    def check(self) -> None:
+        """RegistryError if the file was replaced or damaged under the node (actors/registry/guard.py)."""
+        self._ready().check()
+
     def add_pending(self, record: DeviceRecord, durable: bool = True) -> None:
         self._ready().add_pending(record, durable=durable)
 

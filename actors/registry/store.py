@@ -71,6 +71,7 @@ from quicpair.actors.registry.file import (
     atomic,
     open_registry,
 )
+from quicpair.actors.registry.guard import FileGuard
 from quicpair.protocol.errors import RegistryError
 from quicpair.protocol.identity import NodeId
 from quicpair.protocol.keys import Role
@@ -282,8 +283,16 @@ class RegistryStore:
     def __init__(self, path: Path | str) -> None:
         self._path = Path(path)
         self._conn: sqlite3.Connection | None = None
+        #: Why the file is no longer the registry that was opened (actors/registry/guard.py).
+        self._lost: str | None = None
         self._conn = open_registry(self._path, self.MIGRATIONS)
         self._durable = True  # open_registry sets synchronous = FULL
+        try:
+            self._file = FileGuard(self._path)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._file.settle()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -293,13 +302,34 @@ class RegistryStore:
         return len(self.MIGRATIONS)
 
     def close(self) -> None:
-        """Close the file (folds the WAL into it). Idempotent."""
+        """Close the file (folds the WAL into it). Idempotent.
+
+        If the file was replaced or damaged while open, what is valid is kept aside first
+        (a checked copy, the WAL) and RegistryError says where. Nothing is written to a file
+        that replaced the registry; one overwritten in place is no registry any more, and
+        SQLite's close may still write the WAL's pages into it.
+        """
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except SQLITE_ERRORS as exc:
-                raise RegistryError(f"registry {self._path}: closing failed: {exc}") from exc
+        if conn is None:
+            return
+        problem = self._lost or self._file.problem()
+        kept = self._file.keep_aside(conn) if problem is not None else []
+        try:
+            conn.close()
+        except SQLITE_ERRORS as exc:
+            raise RegistryError(f"registry {self._path}: closing failed: {exc}") from exc
+        finally:
+            self._file.close()  # after SQLite's close: see FileGuard
+        if problem is not None:
+            raise RegistryError(
+                f"registry {self._path} {problem} while it was open; {'; '.join(kept)}; "
+                "to start again from that state, put the copy in the registry's place"
+            )
+
+    def check(self) -> None:
+        """RegistryError if the file was replaced, truncated or overwritten since it was opened."""
+        with self._guard("check"):
+            pass
 
     def __enter__(self) -> RegistryStore:
         return self
@@ -632,6 +662,13 @@ class RegistryStore:
         """Turn every sqlite3 error of ``op`` into a RegistryError."""
         if self._conn is None:
             raise RegistryError(f"registry {self._path} is closed ({op})")
+        if self._lost is None:
+            self._lost = self._file.problem()
+        if self._lost is not None:
+            raise RegistryError(
+                f"registry {self._path} {self._lost} while the node was running; nothing more is "
+                f"written to it ({op} refused). Stop the node: what is valid is then kept aside"
+            )
         try:
             yield self._conn
         except SQLITE_ERRORS as exc:

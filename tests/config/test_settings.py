@@ -40,7 +40,7 @@ def test_defaults() -> None:
     assert settings.discovery.mdns is True
     assert (settings.log.level, settings.log.format, settings.log.tls_key_log) == ("info", "auto", "")
     testing = dataclasses.astuple(settings.testing)
-    assert testing == (False, False, "", False, False, ""), "fault injection is off"
+    assert testing == (False, False, "", False, False, "", False, 3, 5.0), "fault injection is off"
     assert settings.node.name, "an empty name in the defaults becomes the host name"
     assert settings.node.name == (platform.node() or "quicpair")[:MAX_NAME_LEN]
 
