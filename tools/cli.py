@@ -959,7 +959,8 @@ def main(argv: Sequence[str] | None = None, *, stderr: TextIO | None = None) -> 
         return status
     except PermissionError as exc:  # a file of the home we may not use: one line, like the others
         status = EXIT_CODES["IdentityError"]
-        _print_error(err, bool(args.json), QuicpairError(f"cannot use {exc.filename}: {exc.strerror}"), status)
+        unusable = QuicpairError(f"cannot use {exc.filename}: {exc.strerror}")
+        _print_error(err, bool(args.json), unusable, status)
         return status
     except KeyboardInterrupt:
         if args.json:
