@@ -158,9 +158,13 @@ class Outbound:
         return out
 
     def ack(self, upto: int) -> list[Outgoing]:
-        """The peer acknowledged every number up to ``upto``: those payloads, now settled."""
+        """The peer acknowledged every number up to ``upto``: those payloads, now settled.
+
+        Only payloads that were transmitted: an acknowledgement that covers a number never
+        sent (a peer's bug) cannot settle a payload the peer never saw.
+        """
         done = []
-        while self._queue and self._queue[0].seq <= upto:
+        while self._queue and self._queue[0].seq <= upto and self._queue[0].transmitted:
             done.append(self._remove_front())
         return done
 

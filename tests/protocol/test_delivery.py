@@ -81,6 +81,14 @@ def test_an_ack_for_payloads_no_longer_in_flight_still_settles_them() -> None:
     assert len(out) == 0 and out.in_flight == 0
 
 
+def test_an_ack_beyond_what_was_transmitted_settles_only_what_was() -> None:
+    out = outbound(window=1)
+    a, b = submit_all(out, 2)
+    out.take()  # a is in flight; b waits behind the window
+    assert out.ack(b.seq) == [a], "b was never sent: a peer cannot have taken it"
+    assert list(out) == [b] and out.take() == [b]
+
+
 def test_deadlines_give_up_and_say_whether_it_left() -> None:
     out = outbound(window=1)
     first = out.submit(b"first", seq=1, deadline=10.0)

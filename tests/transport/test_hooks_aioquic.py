@@ -37,6 +37,7 @@ from quicpair.actors.transport.tls import (
 )
 from quicpair.protocol.errors import ErrorCode, RemoteProtocolError
 from quicpair.protocol.identity import Identity
+from quicpair.protocol.keys import stateless_reset_token
 
 PINNED = "1.7.2"
 ALPN = "quicpair/link/1"
@@ -311,3 +312,79 @@ def test_close_codes_map_to_quicpair_codes() -> None:
     assert code_from_peer_close(PeerClose(0x03, None, "bye")) == (ErrorCode.UNPAIRED, "bye")
     unknown = code_from_peer_close(PeerClose(0x99, None, "from the future"))
     assert unknown == (ErrorCode.PROTOCOL_VIOLATION, "unknown code 0x99: from the future")
+
+
+# -- stateless reset and the dead-peer rule ----------------------------------------------------
+
+CLIENT_KEY, SERVER_KEY = bytes([0x0C]) * 32, bytes([0x05]) * 32
+
+
+def keyed_pair() -> tuple[PinnedQuicConnection, PinnedQuicConnection]:
+    client = PinnedQuicConnection(
+        configuration=quic_configuration(BOB, is_client=True, alpns=[ALPN], idle_timeout=5.0, now=NOW),
+        reset_key=CLIENT_KEY,
+    )
+    server = PinnedQuicConnection(
+        configuration=quic_configuration(ALICE, is_client=False, alpns=[ALPN], idle_timeout=5.0, now=NOW),
+        original_destination_connection_id=client.original_destination_connection_id,
+        reset_key=SERVER_KEY,
+    )
+    return client, server
+
+
+def test_hook_host_cids_carry_tokens_derived_from_the_static_key() -> None:
+    with hook("QuicConnection._host_cids[].stateless_reset_token and _replenish_connection_ids()"):
+        assert params(QuicConnection._replenish_connection_ids) == ["self"]
+        client, server = keyed_pair()
+        handshake(client, server)
+        for conn, key in ((server, SERVER_KEY), (client, CLIENT_KEY)):
+            derived = [c for c in conn._host_cids if c.stateless_reset_token is not None]
+            assert len(derived) >= 2, "NEW_CONNECTION_ID ids were issued"
+            assert all(c.stateless_reset_token == stateless_reset_token(key, c.cid) for c in derived)
+        # A client's first id has no token (RFC 9000 18.2); the server's is in its transport parameters.
+        assert client._host_cids[0].stateless_reset_token is None
+        # What the peers learnt: the tokens we derived, on their side of the connection.
+        first = client._peer_cid
+        assert first.stateless_reset_token == stateless_reset_token(SERVER_KEY, first.cid)
+        # aioquic issues fresh ids as the peer retires old ones: they are derived too.
+        before = {c.cid for c in server._host_cids}
+        server._host_cids = server._host_cids[:1]  # as if the peer had retired the others
+        server._replenish_connection_ids()
+        fresh = [c for c in server._host_cids if c.cid not in before]
+        assert fresh
+        assert all(c.stateless_reset_token == stateless_reset_token(SERVER_KEY, c.cid) for c in fresh)
+
+
+def test_hook_peer_cids_recognise_the_peers_stateless_reset() -> None:
+    with hook("QuicConnection._peer_cid / _peer_cid_available"):
+        client, server = keyed_pair()
+        handshake(client, server)
+        assert client._peer_cid_available, "the server issued more ids (NEW_CONNECTION_ID)"
+        for cid in (client._peer_cid, *client._peer_cid_available):
+            reset = bytes([0x5A]) * 27 + stateless_reset_token(SERVER_KEY, cid.cid)
+            assert client.is_stateless_reset(reset), "a reset for any id the peer gave us"
+        token = stateless_reset_token(SERVER_KEY, client._peer_cid.cid)
+        assert not client.is_stateless_reset(bytes([0x5A]) * 27 + bytes(16)), "another token"
+        assert not client.is_stateless_reset(bytes([0xC0]) + bytes(26) + token), "a long header"
+        assert not client.is_stateless_reset(bytes([0x40]) + bytes(3) + token), "shorter than 21 bytes"
+
+
+def test_hook_loss_pto_count_counts_unanswered_probe_timeouts() -> None:
+    with hook("QuicConnection._loss._pto_count"):
+        client, server = keyed_pair()
+        handshake(client, server)
+        drain(client)
+        assert client.probe_timeouts == 0
+        client.send_ping(1)
+        now, seen = NOW, [0]
+        for _ in range(200):  # the peer is gone: nothing sent is ever delivered or acknowledged
+            client.datagrams_to_send(now=now)
+            timer = client.get_timer()
+            assert timer is not None
+            now = max(now, timer)
+            client.handle_timer(now=now)
+            if client.probe_timeouts != seen[-1]:
+                seen.append(client.probe_timeouts)
+            if len(seen) > 3:
+                break
+        assert seen == [0, 1, 2, 3], "one more at each unanswered probe timeout"
