@@ -20,7 +20,7 @@ def test_live_settings_are_applied_and_the_others_keep_their_running_value() -> 
         "pairing.code_expiry": (300.0, 60.0),
         "log.level": ("info", "debug"),
     }
-    assert change.needs_restart == {"node.listen_port": (0, 4000), "link.idle_timeout": (30.0, 25.0)}
+    assert change.needs_restart == {"node.listen_port": (0, 4000), "link.idle_timeout": (running.link.idle_timeout, 25.0)}
     now = change.settings
     assert (now.node.name, now.pairing.code_expiry, now.log.level) == ("renamed", 60.0, "debug")
     assert (now.node.listen_port, now.link.idle_timeout) == (0, 30.0)  # until a restart
