@@ -147,6 +147,29 @@ def test_race_raises_the_last_error_when_nothing_answers() -> None:
         asyncio.run(race([], dial_one, stagger=0.01))
 
 
+def test_race_refused_everywhere_ends_at_once_without_waiting_for_the_lookup() -> None:
+    """A peer that stopped cleanly answers with ICMP port unreachable: the round ends there."""
+    looked_up: list[str] = []
+
+    async def dial_one(address: str) -> Any:
+        raise PeerUnreachable(f"{address} refused the connection", refused=True)
+
+    async def resolve() -> list[str]:
+        looked_up.append("resolve")
+        await asyncio.sleep(60)  # the 5 s mDNS lookup the round used to sit in
+        return []
+
+    async def scenario() -> None:
+        with pytest.raises(PeerUnreachable) as refused:
+            await asyncio.wait_for(
+                race([("a", SOURCE_STORED), ("b", SOURCE_STORED)], dial_one, stagger=10.0, resolve=resolve), 5
+            )
+        assert refused.value.refused
+
+    asyncio.run(scenario())
+    assert looked_up == [], "the lookup is the caller's to run in the background"
+
+
 # -- the inbox -----------------------------------------------------------------------------------------
 
 

@@ -309,6 +309,39 @@ def test_a_moved_node_is_found_again_through_mdns_after_its_stored_address_fails
     exchange(alice, bob, "after the move")
 
 
+# -- a refused dial -----------------------------------------------------------------------------
+
+
+@ROLES
+def test_a_refused_dial_goes_to_the_backoff_at_once_and_looks_the_peer_up_beside_it(
+    net: Net, alice_lower: bool
+) -> None:
+    """The waiting side stops cleanly and stays away: its host answers ICMP port unreachable.
+
+    The dialer's round ends at that answer, not after an mDNS lookup (it used to sit in a 5 s
+    one first); the lookup runs in the background while the backoff counts.
+    """
+    settings = (*NET, "link.dial_timeout=5", "link.backoff_min=0.5", "link.backoff_max=1")
+    alice, bob = start_pair(net, net.lan(2).hosts, alice_lower=alice_lower, settings=settings)
+    pair_by_code(alice, bob)
+    wait_linked(alice, bob)
+    dialer, waiter = lower_of(alice, bob)
+    stopped = time.time()
+    waiter.stop()
+    dialer.wait_for(
+        lambda: len(since(dialer, "link.dial_failed", stopped)) >= 2, timeout=WAIT, what="two refused rounds"
+    )
+    dials, failures = since(dialer, "link.dial", stopped), since(dialer, "link.dial_failed", stopped)
+    for dial, failed in zip(dials, failures, strict=False):
+        took = stamp(failed) - stamp(dial)
+        assert took < 1.0, f"a refused round took {took:.2f} s (dial_timeout 5 s, mDNS lookup 5 s)"
+    assert since(dialer, "link.mdns_lookup", stopped, background=True), "the lookup, beside the backoff"
+    assert all(e.get("background") for e in since(dialer, "link.mdns_lookup", stopped))
+    waiter.restart()
+    wait_linked(alice, bob)
+    exchange(alice, bob, "after the refused rounds")
+
+
 # -- forged adverts ----------------------------------------------------------------------------
 
 FORGED = 30
