@@ -7,7 +7,7 @@
 
 The kinds (:data:`KINDS`) are the root supervisor's children (``registry``,
 ``sessions``, ``links``, ``listener``, ``discovery``: restarted per its
-rest_for_one strategy), ``session`` (the oldest live pairing session, a
+rest_for_one strategy), ``session`` (the oldest pairing session that holds a pairing, a
 temporary child: never restarted) and ``link`` (a link worker, restarted by the
 links supervisor; the one of ``peer`` when given). The chosen actor is told
 :class:`~quicpair.actors.kernel.exits.InjectedCrash` and raises from its
@@ -74,7 +74,13 @@ def _find(
         if sessions is None:
             raise ValueError("the sessions supervisor is restarting; try again")
         for info in sessions.proxy().which_children().get(timeout=_ASK_TIMEOUT):
-            if info.ref is not None:
+            if info.ref is None:
+                continue
+            try:
+                spare = info.ref.proxy().is_spare().get(timeout=_ASK_TIMEOUT)
+            except pykka.ActorDeadError:
+                continue
+            if not spare:  # a spare initiator session holds no pairing: not what is asked for
                 return info.name, info.ref
         raise ValueError("no pairing session is running")
     links = ctx.link_supervisor

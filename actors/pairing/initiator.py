@@ -104,6 +104,9 @@ class InitiatorSession(PairingSessionBase):
         if self._link_to_attach is not None:
             super().on_start()
 
+    def is_spare(self) -> bool:
+        return self._link_to_attach is None
+
     def begin(self) -> None:
         ctx = self.ctx
         self.machine = Initiator(

@@ -465,6 +465,10 @@ class PairingSessionBase(Supervised, LoopActor):
             self.forget_pending()
         self.crashed(exc)
 
+    def is_spare(self) -> bool:
+        """True for a session started ahead of time that holds no pairing yet (initiator spares)."""
+        return False
+
     def session_ended(self) -> None:
         """Subclass hook: the actor is ending (stopped or crashed); called once."""
 

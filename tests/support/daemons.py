@@ -81,6 +81,12 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], status: int, *f
     assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("quicpair: error: ")]
+    if not errors:  # under --json an error is one JSON line: {"error": {"message": ...}, ...}
+        errors = [
+            str(json.loads(line)["error"]["message"])
+            for line in result.stderr.splitlines()
+            if line.startswith('{"error"')
+        ]
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
@@ -118,7 +124,7 @@ class Daemon:
         self.name = name
         self.home = home
         self.log_path = log_path
-        argv = [sys.executable, "-m", "quicpair.tools.cli", "--home", str(home), "run", "--json"]
+        argv = [sys.executable, "-m", "quicpair.tools.cli", "--home", str(home), "run", "--init", "--json"]
         argv += [*LOOPBACK, *FAST_LINKS, "--set", f'node.name="{name}"', *extra]
         kwargs: dict[str, Any] = {
             "env": ENV, "stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, **popen_kwargs

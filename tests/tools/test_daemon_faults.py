@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from quicpair.config.settings import load_settings
 from support.daemons import (
     ENV,
     Daemon,
@@ -121,7 +122,7 @@ def test_sighup_reloads_what_it_can_says_what_waits_and_systemd_hears_of_it(
     assert "READY=1" in notified()
     reloaded = alice.wait_event("daemon.reloaded")
     assert reloaded["applied"] == {"pairing.code_expiry": [300.0, 60.0]}
-    assert reloaded["needs_restart"] == {"link.idle_timeout": [30.0, 25.0]}
+    assert reloaded["needs_restart"] == {"link.idle_timeout": [load_settings().link.idle_timeout, 25.0]}
     offer = control(home, "pair")
     assert offer["ok"] and offer["result"]["expires_in"] == 60.0
 
