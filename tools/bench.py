@@ -588,7 +588,10 @@ def pair_at_once(n: int, workers: int, workdir: Path, *, step_timeout: float = 1
 
     The initiator takes ``n`` open codes and ``n`` sessions (its settings say so), and a
     connection table of ``4 n`` (at least 256); everything else is the defaults, its flood
-    protections included. Joiners use ``step_timeout`` (their dial and step bound).
+    protections included. Both sides use ``step_timeout`` (the joiners' dial and step bound,
+    the initiator's step bound): on a loaded machine a step that outlasts it fails, and a
+    failed claim costs its source address a token (protocol/claims.py), so once the bucket
+    is empty the other joiners behind that address get BUSY.
     """
     with children() as started:
         cap = max(n, 32)
@@ -600,6 +603,7 @@ def pair_at_once(n: int, workers: int, workdir: Path, *, step_timeout: float = 1
                 f"pairing.max_open_codes={cap}",
                 f"node.max_concurrent_pairings={cap}",
                 f"node.max_connections={max(256, 4 * n)}",
+                f"pairing.step_timeout={step_timeout}",
             ],
         )
         shares = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]

@@ -7,8 +7,9 @@ the listener sees one source address doing 200 handshakes at once. Its flood
 protections stay on, with their defaults (tests/transport/test_transport.py
 checks what they promise): the joiners prove their address with a Retry and
 hold their quarter of the table. The initiator is given room for the burst
-(200 open codes, 200 sessions, a table of 800); the joiners a generous step
-bound (a slow machine is not a failure). No timing is asserted: the benchmark
+(200 open codes, 200 sessions, a table of 800), and both sides a generous step
+bound (a slow machine is not a failure: a step that timed out would be a failed claim,
+and enough of them from one address would make its next claims BUSY). No timing is asserted: the benchmark
 measures it (``python -m quicpair.tools.bench``).
 """
 
