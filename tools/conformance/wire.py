@@ -137,6 +137,12 @@ class _Protocol(QuicConnectionProtocol):
             self.terminated = True
         self.changed.set()
 
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        # Some changes raise no event: HANDSHAKE_DONE (handshake_confirmed) alone in a packet,
+        # a CONNECTION_CLOSE still draining. Every datagram wakes the waiters to look again.
+        self.changed.set()
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.terminated = True
