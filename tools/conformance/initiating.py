@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quicpair.actors.transport.listener import Listener, listen
@@ -25,9 +26,10 @@ from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol.codebook import Codebook
 from quicpair.protocol.codes import PairingCode, PairingUri, format_address
 from quicpair.protocol.errors import ErrorCode
+from quicpair.protocol.framing import FrameDecoder, encode_frame
 from quicpair.protocol.identity import Identity
 from quicpair.protocol.keys import key_fingerprint
-from quicpair.protocol.messages import ALPN_PAIR, DeviceInfo, LinkUnpair
+from quicpair.protocol.messages import ALPN_PAIR, DeviceInfo, LinkUnpair, Message, PairChallenge, PairCommit
 from quicpair.protocol.pairing import (
     CommitRequested,
     Initiator,
@@ -78,6 +80,8 @@ class KitInitiator:
         self.arrived = asyncio.Event()
         #: Withhold the PairCommit of the next successful pairing (leave the joiner in doubt).
         self.withhold_commit = False
+        #: Changes the next outgoing message it applies to (returns another message), then is dropped.
+        self.mangle: Callable[[Message], Message | None] | None = None
         #: The pairing secrets the kit committed, by pairing id (to answer PairResolve).
         self.committed: dict[bytes, bytes] = {}
 
@@ -142,6 +146,8 @@ class KitInitiator:
             link.close(ErrorCode.GOING_AWAY, "kit: PairCommit withheld")  # the joiner has voted: in doubt
             session.ended.set()
             return
+        if out and self.mangle is not None:
+            out = self._mangled(out)
         if out:
             link.send(session.stream, out, end_stream=machine.is_finished)
         if machine.is_finished:
@@ -150,10 +156,34 @@ class KitInitiator:
             else:
                 self._end(session)
 
+    def _mangled(self, out: bytes) -> bytes:
+        assert self.mangle is not None
+        decoder = FrameDecoder()
+        decoder.feed(out)
+        frames = []
+        for message in decoder:
+            changed = self.mangle(message) if self.mangle is not None else None
+            if changed is not None:
+                self.mangle = None
+            frames.append(encode_frame(changed or message))
+        return b"".join(frames)
+
     def _end(self, session: _Session) -> None:
         if not session.link.is_closed:
             session.link.close(ErrorCode.NO_ERROR, "")
         session.ended.set()
+
+
+def _bad_commit(message: Message) -> Message | None:
+    """PairCommit with a wrong commit_mac: the joiner must stay in doubt (10.4), not commit or abort."""
+    return PairCommit(mac=os.urandom(32)) if isinstance(message, PairCommit) else None
+
+
+def _identity_pake(message: Message) -> Message | None:
+    """PairChallenge whose PAKE message encodes the identity element (8.1 step 4 refuses it)."""
+    if isinstance(message, PairChallenge):
+        return PairChallenge(pake=b"A\x01" + bytes(31), confirm=message.confirm, flags=message.flags)
+    return None
 
 
 class _Withheld:
@@ -296,14 +326,17 @@ async def run(kit: Kit) -> None:
             timeout=_JOIN_WAIT * 2,
         )
 
-        async def in_doubt() -> str:
+        async def in_doubt(withhold: bool) -> str:
             kit_side = await side()
-            kit_side.withhold_commit = True
+            if withhold:
+                kit_side.withhold_commit = True
+            else:
+                kit_side.mangle = _bad_commit
             code = kit_side.codebook.open(time.time(), os.urandom)
             command = await join(kit_side, code)
             first = await _next_session(kit_side, 0, _JOIN_WAIT, "join")
             await _ended(first, step * 4, "pairing")
-            if not any(isinstance(e, _Withheld) for e in first.events):
+            if withhold and not any(isinstance(e, _Withheld) for e in first.events):
                 raise Failed(f"the pairing did not reach the node's vote: {_outcome(first)}")
             second = await _next_session(kit_side, 1, step * 3, "resolution")
             await _ended(second, step * 2, "resolution")
@@ -321,14 +354,40 @@ async def run(kit: Kit) -> None:
                     f"resolved as committed, but the join command exited {status}: {command.stderr_tail()}"
                 )
             kit.initiated.append(done)
-            return "PairCommit withheld; the node asked with PairResolve(pairing id, done_mac) and committed"
+            how = "PairCommit withheld" if withhold else "a PairCommit with a wrong commit_mac"
+            return f"{how}; the node asked with PairResolve(pairing id, done_mac) and committed"
+
+        for withhold, name in (
+            (True, "in doubt: PairCommit withheld -> the node resolves with PairResolve"),
+            (False, "in doubt: a wrong commit_mac -> the node resolves with PairResolve"),
+        ):
+
+            async def variant(withhold: bool = withhold) -> str:
+                return await in_doubt(withhold)
+
+            await report.run(SECTION, name, "10.6", variant, timeout=_JOIN_WAIT + step * 10)
+
+        async def bad_pake() -> str:
+            kit_side = await side()
+            kit_side.mangle = _identity_pake
+            code = kit_side.codebook.open(time.time(), os.urandom)
+            command = await join(kit_side, code)
+            session = await _next_session(kit_side, 0, _JOIN_WAIT, "join")
+            await _ended(session, step * 2, "pairing")
+            failure = next((e for e in session.events if isinstance(e, PairingFailed)), None)
+            if failure is None or failure.code != ErrorCode.PROTOCOL_VIOLATION or not failure.remote:
+                raise Failed(f"expected the node's PairReject(PROTOCOL_VIOLATION); {_outcome(session)}")
+            status = await command.wait(_JOIN_WAIT)
+            if status == 0:
+                raise Failed("the node refused the PAKE message but its join command reported success")
+            return f"PairReject(0x11 PROTOCOL_VIOLATION) from the node; its join command exited {status}"
 
         await report.run(
             SECTION,
-            "in doubt: PairCommit withheld -> the node resolves with PairResolve",
-            "10.6",
-            in_doubt,
-            timeout=_JOIN_WAIT + step * 10,
+            "a PairChallenge whose PAKE message is the identity -> PROTOCOL_VIOLATION",
+            "8.1",
+            bad_pake,
+            timeout=_JOIN_WAIT * 2,
         )
 
         for number, done in enumerate(list(kit.initiated), 1):

@@ -62,9 +62,9 @@ class Paired:
     role: str
 
 
-async def open_pairing(target: Target, identity: Identity, timeout: float) -> Conn:
+async def open_pairing(target: Target, identity: Identity, timeout: float, source: str | None = None) -> Conn:
     """A pairing connection to the node (ALPN quicpair/pair/1, the node pinned); Failed if refused."""
-    conn = await connect(target.address, client_quic(identity, ALPN_PAIR, target.node_id), timeout)
+    conn = await connect(target.address, client_quic(identity, ALPN_PAIR, target.node_id), timeout, source)
     if not conn.established:
         raise Failed(f"the node refused the pairing connection: {conn.ending.describe()}")
     return conn
@@ -103,11 +103,22 @@ class KitJoiner:
         self.node_info: DeviceInfo | None = None
 
     @classmethod
-    async def start(cls, target: Target, identity: Identity, code: PairingCode, timeout: float) -> KitJoiner:
-        """Open a pairing connection and send PairRequest (section 10.2, joiner start)."""
-        conn = await open_pairing(target, identity, timeout)
+    async def start(
+        cls,
+        target: Target,
+        identity: Identity,
+        code: PairingCode,
+        timeout: float,
+        source: str | None = None,
+        pake: bytes | None = None,
+    ) -> KitJoiner:
+        """Open a pairing connection and send PairRequest (section 10.2, joiner start).
+
+        ``pake`` replaces the kit's SPAKE2 message (a check of section 8.1 step 4).
+        """
+        conn = await open_pairing(target, identity, timeout, source)
         joiner = cls(target, identity, conn, code)
-        conn.send(encode_frame(PairRequest(nameplate=code.nameplate, pake=joiner.pake_joiner)))
+        conn.send(encode_frame(PairRequest(nameplate=code.nameplate, pake=pake or joiner.pake_joiner)))
         return joiner
 
     async def next(self, timeout: float, expected: type[Message], after: str) -> Message:
@@ -157,10 +168,10 @@ class KitJoiner:
         self.node_info = info
         return info
 
-    def vote(self) -> None:
-        """Send PairDone(done_mac): the kit's vote to commit."""
+    def vote(self, mac: bytes | None = None) -> None:
+        """Send PairDone(done_mac): the kit's vote to commit (``mac`` replaces done_mac)."""
         assert self.keys is not None
-        mac = done_mac(self.keys.pairing_secret, self.keys.pairing_id)
+        mac = mac or done_mac(self.keys.pairing_secret, self.keys.pairing_id)
         self.conn.send(encode_frame(PairDone(mac=mac)))
 
     async def decision(self, timeout: float) -> None:

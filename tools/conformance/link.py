@@ -12,9 +12,17 @@ import asyncio
 import os
 
 from quicpair.protocol.errors import ErrorCode
-from quicpair.protocol.framing import encode_frame
+from quicpair.protocol.framing import encode_body, encode_frame
 from quicpair.protocol.keys import key_id
-from quicpair.protocol.messages import ALPN_LINK, LinkAck, LinkAddresses, LinkAppData, LinkSealed, LinkUnpair
+from quicpair.protocol.messages import (
+    ALPN_LINK,
+    LinkAck,
+    LinkAddresses,
+    LinkAppData,
+    LinkSealed,
+    LinkUnpair,
+    PairDone,
+)
 
 from . import framing
 from .kit import Kit
@@ -22,12 +30,15 @@ from .linking import KitLink, expect_close
 from .report import Failed, Skipped
 from .wire import Timeout, client_quic, connect
 
-__all__ = ["SECTION", "SECTION_DUP", "run"]
+__all__ = ["SECTION", "SECTION_DUP", "SECTION_UNPAIR", "run"]
 
 SECTION = "link (the kit dials)"
+SECTION_UNPAIR = "unpair"
 SECTION_DUP = "duplicate connections"
 #: Section 12.2: a retiring connection not finished within 2 s is closed anyway.
 RETIRE_LINGER = 2.0
+#: Section 11.2 says "in time" without a number: the kit waits this long for the node's TIMEOUT.
+NO_HELLO_WAIT = 20.0
 #: The delivery number of the kit's one payload (section 11.3: any number above the mark 0).
 _PAYLOAD_SEQ = 1
 
@@ -122,11 +133,63 @@ async def run(kit: Kit, vectors: list[framing.Vector] | None, vectors_why: str) 
             link.conn, ErrorCode.PROTOCOL_VIOLATION, step, "after an unsealed LinkAddresses"
         )
 
+    async def huge_number() -> str:
+        link = await dial()
+        await link.establish(step)
+        link.send(LinkAppData(seq=2**63, data=b""))
+        return await expect_close(link.conn, ErrorCode.MALFORMED_MESSAGE, step, "after LinkAppData seq 2^63")
+
+    async def sealed_garbage() -> str:
+        link = await dial()
+        await link.establish(step)
+        link.send_plain(b"\xc1 not msgpack")
+        return await expect_close(link.conn, ErrorCode.MALFORMED_MESSAGE, step, "after a box of non-msgpack")
+
+    async def sealed_wrong_type() -> str:
+        link = await dial()
+        await link.establish(step)
+        link.send_plain(encode_body(PairDone(mac=bytes(32))))
+        return await expect_close(link.conn, ErrorCode.PROTOCOL_VIOLATION, step, "after a sealed PairDone")
+
     async def other_pairing() -> str:
         link = await dial()
         link.hello(pairing=os.urandom(8))
         detail = await expect_close(
             link.conn, ErrorCode.PAIRING_MISMATCH, step, "after a hello of another pairing"
+        )
+        return detail
+
+    async def fifth_connection() -> str:
+        paired = kit.need_paired()
+        held: list[KitLink] = []
+        try:
+            for _ in range(4):  # no hellos: none is established, none retires another (12.2)
+                held.append(await dial())
+            quic = client_quic(paired.identity, ALPN_LINK, target.node_id)
+            conn = await connect(target.address, quic, step)
+            if conn.established:
+                try:
+                    ending = await conn.closed(step)
+                except Timeout:
+                    conn.close()
+                    raise Failed("the node admitted a fifth connection with the kit") from None
+            else:
+                ending = conn.ending
+            conn.close()
+        finally:
+            for link in held:
+                link.close()
+        if ending.application_code != ErrorCode.BUSY:
+            raise Failed(f"expected CONNECTION_CLOSE 0x24 BUSY, got {ending.describe()}")
+        return f"4 held, the fifth: {ending.describe()}"
+
+    async def no_hello() -> str:
+        link = await dial()
+        started = asyncio.get_running_loop().time()
+        detail = await expect_close(link.conn, ErrorCode.TIMEOUT, NO_HELLO_WAIT, "without a hello")
+        waited = asyncio.get_running_loop().time() - started
+        report.chose(
+            SECTION, "how long a connection may stay without hellos", "11.2", f"about {waited:.1f} s"
         )
         return detail
 
@@ -141,8 +204,13 @@ async def run(kit: Kit, vectors: list[framing.Vector] | None, vectors_why: str) 
         ("a second LinkHello -> PROTOCOL_VIOLATION", "11.3", second_hello),
         ("an unsealed inner message -> PROTOCOL_VIOLATION", "5", bare_inner),
         ("a hello naming another pairing -> PAIRING_MISMATCH", "11.2", other_pairing),
+        ("a delivery number of 2^63 -> MALFORMED_MESSAGE", "11.3", huge_number),
+        ("a box whose plaintext is not msgpack -> MALFORMED_MESSAGE", "9", sealed_garbage),
+        ("a box holding a PairDone -> PROTOCOL_VIOLATION", "9", sealed_wrong_type),
+        ("a fifth connection with one peer -> BUSY", "12.2", fifth_connection),
+        ("a connection that sends no hello -> TIMEOUT", "11.2", no_hello),
     ):
-        await report.run(SECTION, name, spec, body)
+        await report.run(SECTION, name, spec, body, timeout=report.check_timeout + NO_HELLO_WAIT)
 
     await framing.run_link(kit, vectors, vectors_why)
     await _duplicates(kit)
@@ -153,7 +221,7 @@ async def run(kit: Kit, vectors: list[framing.Vector] | None, vectors_why: str) 
         link.send(LinkUnpair())
         return await expect_close(link.conn, ErrorCode.UNPAIRED, step, "after LinkUnpair")
 
-    if await report.run(SECTION, "LinkUnpair -> CONNECTION_CLOSE UNPAIRED", "11.4", unpair):
+    if await report.run(SECTION_UNPAIR, "LinkUnpair -> CONNECTION_CLOSE UNPAIRED", "11.4", unpair):
         paired = kit.need_paired()
 
         async def refused_after() -> str:
@@ -169,10 +237,15 @@ async def run(kit: Kit, vectors: list[framing.Vector] | None, vectors_why: str) 
                 raise Failed(f"expected CONNECTION_CLOSE 0x30 UNKNOWN_PEER, got {ending.describe()}")
             return ending.describe()
 
-        await report.run(SECTION, "after the unpair the kit's NodeId -> UNKNOWN_PEER", "11.4", refused_after)
+        await report.run(
+            SECTION_UNPAIR, "after the unpair the kit's NodeId -> UNKNOWN_PEER", "11.4", refused_after
+        )
     else:
         report.skip(
-            SECTION, "after the unpair the kit's NodeId -> UNKNOWN_PEER", "11.4", "the unpair check failed"
+            SECTION_UNPAIR,
+            "after the unpair the kit's NodeId -> UNKNOWN_PEER",
+            "11.4",
+            "the unpair check failed",
         )
 
 

@@ -117,6 +117,14 @@ class KitLink:
         seq, box = self._sealer.seal(encode_body(inner))
         return encode_frame(LinkSealed(seq=seq, box=box))
 
+    def send_plain(self, plaintext: bytes) -> bytes:
+        """Seal any plaintext (a check sends what is not an inner message) and send it."""
+        assert self._sealer is not None, "the hellos come first"
+        seq, box = self._sealer.seal(plaintext)
+        frame = encode_frame(LinkSealed(seq=seq, box=box))
+        self.conn.send(frame)
+        return frame
+
     def send(self, inner: Inner) -> bytes:
         frame = self.sealed_frame(inner)
         self.conn.send(frame)

@@ -48,13 +48,18 @@ async def run(kit: Kit) -> None:
         offers.append(opened)
         return opened
 
+    async def join(code: PairingCode, pake: bytes | None = None) -> KitJoiner:
+        """A new identity's PairRequest for ``code``, from a fresh source (see Kit.claim_source)."""
+        identity = lower_identity(target.node_id)
+        return await KitJoiner.start(target, identity, code, step, kit.claim_source(), pake)
+
     try:
         first: Offer | None = None
 
         async def success() -> str:
             nonlocal first
             first = await offer()
-            joiner = await KitJoiner.start(target, lower_identity(target.node_id), first.code, step)
+            joiner = await join(first.code)
             kit.paired = await joiner.pair(step)
             info = joiner.node_info
             assert info is not None
@@ -100,7 +105,7 @@ async def run(kit: Kit) -> None:
         async def used_code() -> str:
             if first is None or kit.paired is None:
                 raise Skipped(needs)
-            joiner = await KitJoiner.start(target, lower_identity(target.node_id), first.code, step)
+            joiner = await join(first.code)
             detail = await expect_reject(
                 joiner.conn, ErrorCode.CODE_USED_UP, step, "PairRequest for a used code"
             )
@@ -118,7 +123,7 @@ async def run(kit: Kit) -> None:
         second: Offer | None = None
 
         async def wrong_attempt(code: PairingCode) -> str:
-            joiner = await KitJoiner.start(target, lower_identity(target.node_id), code, step)
+            joiner = await join(code)
             if await joiner.challenge(step):
                 raise Failed("the node's confirm_i verified under a wrong code")
             joiner.respond()
@@ -143,7 +148,7 @@ async def run(kit: Kit) -> None:
                 raise Skipped("needs the wrong-code check above")
             for _ in range(target.max_attempts - 1):
                 await wrong_attempt(_wrong_words(second.code))
-            joiner = await KitJoiner.start(target, lower_identity(target.node_id), second.code, step)
+            joiner = await join(second.code)
             detail = await expect_reject(
                 joiner.conn,
                 ErrorCode.CODE_USED_UP,
@@ -160,12 +165,72 @@ async def run(kit: Kit) -> None:
         async def no_such_code() -> str:
             taken = {o.code.nameplate for o in offers}
             code = PairingCode.generate(os.urandom, taken=taken)
-            joiner = await KitJoiner.start(target, lower_identity(target.node_id), code, step)
+            joiner = await join(code)
             detail = await expect_reject(joiner.conn, ErrorCode.NO_SUCH_CODE, step, "PairRequest for no code")
             joiner.conn.close()
             return f"nameplate {code.nameplate}: {detail}"
 
         await report.run(SECTION, "a nameplate with no code -> PairReject NO_SUCH_CODE", "10.7", no_such_code)
+
+        fourth: Offer | None = None
+        aborted: list[tuple[KitJoiner, bytes]] = []
+
+        async def bad_done() -> str:
+            nonlocal fourth
+            fourth = await offer()
+            joiner = await join(fourth.code)
+            if not await joiner.challenge(step):
+                raise Failed("the node's confirm_i does not verify under the code it offered")
+            joiner.respond()
+            await joiner.complete(step)
+            joiner.vote(mac=secrets.token_bytes(32))
+            detail = await expect_reject(
+                joiner.conn, ErrorCode.PROTOCOL_VIOLATION, step, "PairDone with a wrong done_mac"
+            )
+            joiner.conn.close()
+            assert joiner.keys is not None
+            aborted.append((joiner, joiner.keys.pairing_id))
+            return detail
+
+        await report.run(
+            SECTION, "a PairDone with a wrong mac -> PairReject PROTOCOL_VIOLATION", "10.2", bad_done
+        )
+
+        async def resolve_aborted() -> str:
+            if not aborted:
+                raise Skipped("needs the wrong-PairDone check above")
+            joiner, pairing_id = aborted[0]
+            assert joiner.keys is not None
+            conn = await open_pairing(target, joiner.identity, step)
+            conn.send(resolve_frame(pairing_id, done_mac(joiner.keys.pairing_secret, pairing_id)))
+            detail = await expect_reject(conn, ErrorCode.ABORTED, step, "PairResolve of an aborted pairing")
+            conn.close()
+            return f"with its valid done_mac: {detail}"
+
+        await report.run(
+            SECTION,
+            "PairResolve of a pairing the node aborted -> PairReject ABORTED",
+            "10.6",
+            resolve_aborted,
+        )
+
+        async def bad_pake() -> str:
+            if fourth is None:
+                raise Skipped("needs the wrong-PairDone check's code")
+            # "B" and the identity element's encoding (01 00..00): section 8.1 step 4 refuses it.
+            joiner = await join(fourth.code, pake=b"B\x01" + bytes(31))
+            detail = await expect_reject(
+                joiner.conn,
+                ErrorCode.PROTOCOL_VIOLATION,
+                step,
+                "PairRequest with the identity as PAKE message",
+            )
+            joiner.conn.close()
+            return detail
+
+        await report.run(
+            SECTION, "a PAKE message that is the identity element -> PROTOCOL_VIOLATION", "8.1", bad_pake
+        )
 
         expiry = target.code_expiry
 
@@ -178,7 +243,7 @@ async def run(kit: Kit) -> None:
                 )
             third = await offer()
             await asyncio.sleep(expiry + 1.0)  # the node's own clock decides; 1 s of margin past it
-            joiner = await KitJoiner.start(target, lower_identity(target.node_id), third.code, step)
+            joiner = await join(third.code)
             detail = await expect_reject(joiner.conn, ErrorCode.CODE_EXPIRED, step, "PairRequest past expiry")
             joiner.conn.close()
             return f"{expiry:g} s after the offer: {detail}"

@@ -137,7 +137,7 @@ class _Protocol(QuicConnectionProtocol):
             self.terminated = True
         self.changed.set()
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
         super().datagram_received(data, addr)
         # Some changes raise no event: HANDSHAKE_DONE (handshake_confirmed) alone in a packet,
         # a CONNECTION_CLOSE still draining. Every datagram wakes the waiters to look again.
@@ -296,14 +296,17 @@ def resolve(host: str, port: int) -> tuple[Any, ...]:
     return tuple(infos[0][4])
 
 
-async def connect(address: tuple[Any, ...], quic: PinnedQuicConnection, timeout: float) -> Conn:
+async def connect(
+    address: tuple[Any, ...], quic: PinnedQuicConnection, timeout: float, source: str | None = None
+) -> Conn:
     """Start a connection and wait until the node admitted it (HANDSHAKE_DONE) or ended it.
 
-    Always returns the Conn: the check reads ``established`` and ``ending``.
-    Raises Timeout when neither happened within ``timeout``.
+    ``source`` is the local address to send from (None: any). Always returns the
+    Conn: the check reads ``established`` and ``ending``. Raises Timeout when
+    neither happened within ``timeout``.
     """
     loop = asyncio.get_running_loop()
-    local = ("::", 0) if len(address) == 4 else ("0.0.0.0", 0)
+    local = (source or "::", 0) if len(address) == 4 else (source or "0.0.0.0", 0)
     transport, protocol = await loop.create_datagram_endpoint(lambda: _Protocol(quic), local_addr=local)
     conn = Conn(protocol, transport)
     protocol.connect(address)
