@@ -14,4 +14,8 @@ Modules, one idea each:
 - ``admission``, ``framing``, ``pairing``, ``link``, ``initiating``: the checks, by section
 
 docs/CONFORMANCE.md lists every check, what it sends and what it expects.
+
+May import: quicpair.actors.transport, quicpair.protocol, quicpair.tools.conformance
 """
+
+__all__: list[str] = []

@@ -60,9 +60,7 @@ class Vector:
 
 def default_vectors() -> Path | None:
     """docs/vectors.json of the source tree this kit runs from, if it has one."""
-    import quicpair
-
-    path = Path(quicpair.__file__).resolve().parent / "docs" / "vectors.json"
+    path = Path(__file__).resolve().parents[2] / "docs" / "vectors.json"
     return path if path.is_file() else None
 
 
