@@ -179,6 +179,7 @@ def test_report_statuses_and_exit() -> None:
             raise Timeout("the node's next message: not within 1 s")
 
         async def breaks() -> str:
+            report.chose("section", "b's choice", "1", "listed after b's own row")
             raise KeyError("kit bug")
 
         for name, body in (
@@ -191,10 +192,10 @@ def test_report_statuses_and_exit() -> None:
     report = asyncio.run(scenario())
     assert [(r.check, r.status) for r in report.results] == [
         ("p", "pass"), ("f", "fail"), ("s", "skip"), ("h", "fail"),
-        ("t", "fail"), ("b", "fail"), ("c", "chose"),
+        ("t", "fail"), ("b", "fail"), ("b's choice", "chose"), ("c", "chose"),
     ]  # fmt: skip
     assert "timeout" in report.results[3].detail and "kit error: KeyError" in report.results[5].detail
-    assert report.counts() == {"pass": 1, "fail": 4, "skip": 1, "chose": 1}
+    assert report.counts() == {"pass": 1, "fail": 4, "skip": 1, "chose": 2}
     table = report.table()
-    assert "== section" in table and "1 passed, 4 failed, 1 skipped, 1 choices reported" in table
+    assert "== section" in table and "1 passed, 4 failed, 1 skipped, 2 choices reported" in table
     assert json.loads(report.to_json({"address": "x"}))["counts"]["fail"] == 4

@@ -48,6 +48,8 @@ class Report:
         self.check_timeout = check_timeout
         self.verbose = verbose
         self.results: list[Result] = []
+        #: Choices reported by the running check: listed right after its own row.
+        self._choices: list[Result] | None = None
 
     def add(
         self, section: str, check: str, spec: str, status: str, detail: str, seconds: float = 0.0
@@ -58,7 +60,10 @@ class Report:
         self.add(section, check, spec, SKIP, why)
 
     def chose(self, section: str, check: str, spec: str, what: str) -> None:
-        self.add(section, check, spec, CHOSE, what)
+        if self._choices is not None:
+            self._choices.append(Result(section, check, spec, CHOSE, what, 0.0))
+        else:
+            self.add(section, check, spec, CHOSE, what)
 
     async def run(
         self,
@@ -71,26 +76,30 @@ class Report:
         """Run one check, bounded by ``timeout`` (default: the per-check timeout); True if it passed."""
         limit = self.check_timeout if timeout is None else timeout
         started = time.monotonic()
+        self._choices = []
+        try:
+            status, detail = await self._outcome(body, limit)
+        finally:
+            choices, self._choices = self._choices, None
+        self.add(section, check, spec, status, detail, time.monotonic() - started)
+        self.results.extend(choices)
+        return status == PASS
+
+    async def _outcome(self, body: Callable[[], Awaitable[str | None]], limit: float) -> tuple[str, str]:
         try:
             detail = await asyncio.wait_for(body(), limit)
         except Failed as exc:
-            self.add(section, check, spec, FAIL, str(exc), time.monotonic() - started)
-            return False
+            return FAIL, str(exc)
         except Skipped as exc:
-            self.add(section, check, spec, SKIP, str(exc), time.monotonic() - started)
-            return False
+            return SKIP, str(exc)
         except (Timeout, TimeoutError) as exc:
-            what = str(exc) or f"the check did not finish within {limit:g} s"
-            self.add(section, check, spec, FAIL, f"timeout: {what}", time.monotonic() - started)
-            return False
+            return FAIL, f"timeout: {str(exc) or f'the check did not finish within {limit:g} s'}"
         except Exception as exc:  # a kit error is reported as a failed check, never a crash
             text = f"kit error: {type(exc).__name__}: {exc}"
             if self.verbose:
                 text += "\n" + traceback.format_exc()
-            self.add(section, check, spec, FAIL, text, time.monotonic() - started)
-            return False
-        self.add(section, check, spec, PASS, detail or "", time.monotonic() - started)
-        return True
+            return FAIL, text
+        return PASS, detail or ""
 
     @property
     def failed(self) -> list[Result]:

@@ -34,7 +34,7 @@ from quicpair.protocol.codes import PairingUri, parse_code_or_uri
 from quicpair.protocol.errors import CodeFormatError
 from quicpair.protocol.identity import Identity, NodeId
 
-from .report import Skipped
+from .report import Failed, Skipped
 
 __all__ = ["Command", "Offer", "Target", "lower_identity"]
 
@@ -169,11 +169,13 @@ class Offer:
                 line = await command.line(max(deadline - loop.time(), 0.001))
                 if line is None:
                     status = await command.wait(5.0)
-                    raise RuntimeError(
+                    raise Failed(
                         f"the offer command ended (status {status}) without printing a code: "
                         f"{command.stderr_tail()}"
                     )
                 offered = _offered(line)
+                if offered is not None and offered.node not in (None, target.node_id):
+                    raise Failed(f"the offer command printed a code of another node ({offered.node})")
                 if offered is not None:
                     return cls(command, offered)
         except BaseException:
