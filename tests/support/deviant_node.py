@@ -49,9 +49,24 @@ def _skip_link_addresses() -> None:
     link.LinkChannel.send_addresses = nothing  # type: ignore[method-assign]
 
 
+def _never_burn() -> None:
+    """Section 10.7 broken: a code is never burned, however many wrong attempts it had."""
+    from quicpair.protocol import codebook
+
+    original = codebook.Codebook.open
+
+    def open_unburnable(
+        self: Any, now: float, rand: Any, expiry: float = 300.0, max_attempts: int = 3
+    ) -> Any:
+        return original(self, now, rand, expiry=expiry, max_attempts=1_000_000)
+
+    codebook.Codebook.open = open_unburnable  # type: ignore[method-assign]
+
+
 #: deviation -> (how to apply it, the name of the one kit check it must make fail)
 DEVIATIONS: dict[str, tuple[Callable[[], None], str]] = {
     "accept_replay": (_accept_replay, "a replayed LinkSealed -> REPLAYED"),
+    "never_burn": (_never_burn, "burned after 3 wrong attempts -> CODE_USED_UP"),
     "skip_link_addresses": (
         _skip_link_addresses,
         "first sealed message right after the hellos: LinkAddresses",
