@@ -493,9 +493,14 @@ class _Wire:
     def __init__(self) -> None:
         self.queues: dict[tuple[str, str], list[Json]] = {}
         self.sent: list[Json] = []
+        #: The inner message of the LinkSealed frame being sent (the wire cannot open it).
+        self.inner = ""
 
     def put(self, conn: str, sender: str, item: Json) -> None:
         self.queues.setdefault((conn, sender), []).append(item)
+        if "frame" in item and self.inner:
+            item = item | {"inner": self.inner}
+        self.inner = ""
         self.sent.append({"conn": conn, "from": sender, **item})
 
 
@@ -543,6 +548,7 @@ class _Node:
                 self.events.append(f"{name}: {type(event).__name__}")
                 if isinstance(event, LinkEstablished):
                     assert conn.channel is not None
+                    self.wire.inner = "LinkAddresses"
                     conn.send(conn.channel.send_addresses(self.addresses))
                     self.conns.resolve()
                 elif isinstance(event, AddressesReceived):
@@ -573,7 +579,7 @@ class _Node:
                     ("peer authenticated", conn.authenticated),
                     ("FIN sent", conn.fin_sent),
                     ("FIN received", conn.peer_fin),
-                    ("2 s linger armed", conn.timer is not None),
+                    ("retire timer (2 s) running", conn.timer is not None),
                 )
                 if on
             ]
@@ -601,13 +607,11 @@ def _retirement(secret: bytes, pairing_id: bytes) -> Json:
         sends = []
         for item in wire.sent:
             if "frame" in item:
-                sends.append(
-                    {
-                        "conn": item["conn"],
-                        "message": type(_decode(item["frame"])).__name__,
-                        "frame": item["frame"].hex(),
-                    }
-                )
+                msg = _decode(item["frame"])
+                sent: Json = {"conn": item["conn"], "message": type(msg).__name__, "fields": _fields(msg)}
+                if isinstance(msg, m.LinkSealed):
+                    sent["inner"] = item["inner"]
+                sends.append(sent | {"frame": item["frame"].hex()})
             elif "fin" in item:
                 sends.append({"conn": item["conn"], "stream": "FIN (empty STREAM frame, FIN bit set)"})
             else:
@@ -1005,6 +1009,8 @@ def _retirement_md(v: Json) -> str:
             shown = (
                 item.get("message") or item.get("stream") or f"CONNECTION_CLOSE {item['connection_close']}"
             )
+            if "inner" in item:
+                shown += f"(seq {item['fields']['seq']}: {item['inner']})"
             sends.append(f"{item['conn']}: {shown}")
         state = st["state"]
         row = [str(st["step"]), st["at"], what, "<br>".join(sends) or "-"]
