@@ -405,3 +405,20 @@ def test_hook_loss_pto_count_counts_unanswered_probe_timeouts() -> None:
             if len(seen) > 3:
                 break
         assert seen == [0, 1, 2, 3], "one more at each unanswered probe timeout"
+
+
+def test_the_spec_lists_exactly_the_alerts_read_as_identity_mismatch() -> None:
+    """PROTOCOL.md 3.2, 3.4 and Appendix A.2 name the same alerts as actors/transport/tls.py."""
+    import re
+    from pathlib import Path
+
+    from quicpair.actors.transport import tls as tls_module
+
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    lists = re.findall(r"alerts?\s+((?:\d+,\s+)+\d+,?\s+or\s+\d+)", spec)
+    assert len(lists) >= 3, lists
+    expected = sorted(int(a) for a in tls_module._IDENTITY_ALERTS)
+    for found in lists:
+        assert sorted(int(n) for n in re.findall(r"\d+", found)) == expected, found
+    for alert in expected:
+        assert code_from_transport(QuicErrorCode.CRYPTO_ERROR + alert, "")[0] is ErrorCode.IDENTITY_MISMATCH
