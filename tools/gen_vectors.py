@@ -10,10 +10,14 @@ constant and every ``rand`` is a SHA-256 counter stream from a named seed
 (:class:`CounterRand`). The real initiator (with a real codebook) and joiner
 machines run against each other through bytes only; every frame, the
 transcript, each derived key and MAC, the SAS and the DeviceInfo boxes are
-recorded, then a link hello exchange with sealed frames, and framing vectors
-for every message type. Values the machines do not expose (PRK, HKDF outputs,
-SPAKE2 scalars) are recomputed from the spec's formulas and checked against
-what the machines did, so the generator fails when code and spec part ways.
+recorded, then a link hello exchange with sealed frames, framing vectors
+for every message type, the certificates and their serials, the fixed-input key
+schedule, a restart notice, stateless reset tokens, the addresses a receiver
+keeps, and section 12.2's retirement of a duplicate connection (the real
+LinkConns of actors/links/choice.py, driven over an in-memory wire). Values the
+machines do not expose (PRK, HKDF outputs, SPAKE2 scalars) are recomputed from
+the spec's formulas and checked against what the machines did, so the generator
+fails when code and spec part ways.
 
 The spec's "Test vectors" excerpt sits between ``<!-- generated:vectors begin -->``
 and ``<!-- generated:vectors end -->``; tests/protocol/test_vectors.py fails when it or

@@ -6,10 +6,11 @@ Three groups:
   exactly what tools/gen_vectors.py produces from the code today, so a protocol
   change that does not update the spec fails here.
 * **Implementable.** The values in docs/vectors.json are re-derived from the
-  spec's formulas with nothing but hashlib, hmac, msgpack, cryptography and plain
-  integers: HKDF, the transcript, the key schedule, the SAS, the frames, the boxes,
-  even SPAKE2 on edwards25519 and its M and N. Nothing here imports protocol/ for
-  these checks.
+  spec's formulas with nothing but hashlib, hmac, msgpack, ipaddress, cryptography
+  and plain integers: HKDF, the transcript, the key schedule, the SAS, the frames, the
+  boxes, even SPAKE2 on edwards25519 and its M and N, the certificates byte for byte,
+  restart notices, reset tokens, the addresses a receiver keeps and the frames of the
+  retirement trace. Nothing here imports protocol/ for these checks.
 * **Hand-written tables.** The message, state-machine, error-code and label tables
   that PROTOCOL.md writes out by hand are checked against the code.
 """
