@@ -10,10 +10,14 @@ constant and every ``rand`` is a SHA-256 counter stream from a named seed
 (:class:`CounterRand`). The real initiator (with a real codebook) and joiner
 machines run against each other through bytes only; every frame, the
 transcript, each derived key and MAC, the SAS and the DeviceInfo boxes are
-recorded, then a link hello exchange with sealed frames, and framing vectors
-for every message type. Values the machines do not expose (PRK, HKDF outputs,
-SPAKE2 scalars) are recomputed from the spec's formulas and checked against
-what the machines did, so the generator fails when code and spec part ways.
+recorded, then a link hello exchange with sealed frames, framing vectors
+for every message type, the certificates and their serials, the fixed-input key
+schedule, a restart notice, stateless reset tokens, the addresses a receiver
+keeps, and section 12.2's retirement of a duplicate connection (the real
+LinkConns of actors/links/choice.py, driven over an in-memory wire). Values the
+machines do not expose (PRK, HKDF outputs, SPAKE2 scalars) are recomputed from
+the spec's formulas and checked against what the machines did, so the generator
+fails when code and spec part ways.
 
 The spec's "Test vectors" excerpt sits between ``<!-- generated:vectors begin -->``
 and ``<!-- generated:vectors end -->``; tests/protocol/test_vectors.py fails when it or
@@ -37,16 +41,22 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from spake2.ed25519_basic import L as ED25519_ORDER
 from spake2.parameters.ed25519 import ParamsEd25519
 
+from quicpair.actors.kernel.loopactor import ActorTimer
+from quicpair.actors.links.choice import LinkConns
+from quicpair.actors.links.conn import LinkConn
+from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import keys as ks
 from quicpair.protocol import messages as m
 from quicpair.protocol import pairing as pm
+from quicpair.protocol.addresses import announced_addresses
 from quicpair.protocol.codebook import Codebook
 from quicpair.protocol.codes import WORDS, PairingCode, PairingUri
 from quicpair.protocol.dialrule import dialer_of
 from quicpair.protocol.errors import ErrorCode, FrameError
 from quicpair.protocol.framing import FrameDecoder, encode_body, encode_frame
 from quicpair.protocol.identity import Identity, NodeId
-from quicpair.protocol.link import LinkChannel, LinkEstablished
+from quicpair.protocol.link import AddressesReceived, LinkChannel, LinkEstablished
+from quicpair.protocol.notice import make_notice
 from quicpair.protocol.pake import spake2_for
 from quicpair.protocol.seal import CONTEXT_LINK, CONTEXT_PAIR
 
@@ -63,8 +73,10 @@ TYPED_CODE = " 4207  Muse_GINGER.oxyg "
 WRONG_CODE = "4207-museum-ginger-orbit"
 INITIATOR_INFO = m.DeviceInfo(name="alice-laptop", addresses=["192.0.2.1:47470", "[2001:db8::1]:47470"])
 JOINER_INFO = m.DeviceInfo(name="bob-phone", addresses=["198.51.100.7:47470"])
-ROLES = ("initiator", "joiner", "dialer", "listener", "certificate")
-RAND_SEEDS = {role: f"quicpair/1 vectors {role}".encode() for role in ROLES}
+ROLES = ("initiator", "joiner", "dialer", "listener", "certificate", "notice", "reset")
+#: The retirement trace's connections: A dialed by the lower NodeId, B by the higher.
+TRACE_ROLES = ("A dialer", "A listener", "B dialer", "B listener")
+RAND_SEEDS = {role: f"quicpair/1 vectors {role}".encode() for role in ROLES + TRACE_ROLES}
 #: What the PRK expands to (32 bytes each), in the spec's order; "sas" (8 bytes) follows.
 EXPANDED = ("confirm initiator", "confirm joiner", "initiator to joiner", "joiner to initiator")
 #: The DeviceInfo boxes: (sender, message, plaintext, key name).
@@ -450,6 +462,201 @@ def _link(secret: bytes, pairing_id: bytes) -> Json:
     return out | _hex(derived) | {"sealed": sealed}
 
 
+# -- retiring a duplicate connection (section 12.2) ------------------------------------------
+
+
+class _WireLink:
+    """Stands in for the QuicLink under a real LinkConn: what it is told to send goes on the wire."""
+
+    def __init__(self, wire: _Wire, conn: str, sender: str) -> None:
+        self.connection_id, self.remote_address, self.is_closed = conn, ("192.0.2.1", 47470), False
+        self._wire, self._sender = wire, sender
+
+    def set_handler(self, _handler: object) -> None:
+        pass
+
+    def open_stream(self) -> int:
+        return 0
+
+    def send(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        assert stream_id == 0 and not self.is_closed
+        if data:
+            self._wire.put(self.connection_id, self._sender, {"frame": data})
+        if end_stream:
+            self._wire.put(self.connection_id, self._sender, {"fin": True})
+
+    def close(self, code: ErrorCode, _reason: str) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            self._wire.put(self.connection_id, self._sender, {"connection_close": code})
+
+
+class _Wire:
+    """Both connections' streams, in order per connection and direction; what was sent in this step."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple[str, str], list[Json]] = {}
+        self.sent: list[Json] = []
+        #: The inner message of the LinkSealed frame being sent (the wire cannot open it).
+        self.inner = ""
+
+    def put(self, conn: str, sender: str, item: Json) -> None:
+        self.queues.setdefault((conn, sender), []).append(item)
+        if "frame" in item and self.inner:
+            item = item | {"inner": self.inner}
+        self.inner = ""
+        self.sent.append({"conn": conn, "from": sender, **item})
+
+
+class _Node:
+    """One node's connections with its peer: the real LinkConns (actors/links/choice.py) and LinkConn,
+    driven as actors/links/worker.py drives them (LinkAddresses first, then resolve)."""
+
+    def __init__(self, name: str, me: NodeId, peer: NodeId, secret: bytes, kid: bytes, wire: _Wire) -> None:
+        self.name, self.me, self.peer, self.secret, self.kid, self.wire = name, me, peer, secret, kid, wire
+        self.conns = LinkConns(me, peer, self._call_later, lambda *_: None)
+        self.by_name: dict[str, LinkConn] = {}
+        self.events: list[str] = []
+        self.addresses = ["192.0.2.1:47470"] if me == _ids()[0].node_id else ["198.51.100.7:47470"]
+
+    @staticmethod
+    def _call_later(_delay: float, _func: object, _key: int) -> ActorTimer:
+        return ActorTimer(set())  # never runs here: every FIN arrives in time
+
+    def connect(self, name: str, dialed: bool) -> LinkConn:
+        role = f"{name} {'dialer' if dialed else 'listener'}"
+
+        def channel(is_dialer: bool) -> LinkChannel:
+            return LinkChannel(
+                local=self.me,
+                peer=self.peer,
+                local_is_dialer=is_dialer,
+                pairing_secret=self.secret,
+                key_id=self.kid,
+                addresses=self.addresses,
+                rand=_rand(role),
+            )
+
+        link = typing.cast(QuicLink, _WireLink(self.wire, name, self.name))
+        conn = LinkConn(link, dialed=dialed, address="", source="", tell=lambda _: None, make_channel=channel)
+        self.conns.add(conn)
+        self.by_name[name] = conn
+        return conn
+
+    def deliver(self, name: str, item: Json) -> None:
+        conn = self.by_name.get(name) or self.connect(name, dialed=False)
+        if "frame" in item:
+            conn.adopt_stream(0)
+            conn.feed(item["frame"])
+            while (event := conn.next_event()) is not None:
+                self.events.append(f"{name}: {type(event).__name__}")
+                if isinstance(event, LinkEstablished):
+                    assert conn.channel is not None
+                    self.wire.inner = "LinkAddresses"
+                    conn.send(conn.channel.send_addresses(self.addresses))
+                    self.conns.resolve()
+                elif isinstance(event, AddressesReceived):
+                    conn.authenticated = True
+        elif "fin" in item:
+            self.events.append(f"{name}: FIN")
+            self.conns.peer_finished(conn)
+        else:
+            self.events.append(f"{name}: CONNECTION_CLOSE {item['connection_close'].name}")
+            typing.cast(_WireLink, conn.link).is_closed = True
+        self.forget_closed()
+
+    def forget_closed(self) -> None:
+        for name, conn in list(self.by_name.items()):
+            if not conn.is_open:  # the ConnClosed that follows a close: the worker forgets it
+                self.conns.remove(conn.key)
+                del self.by_name[name]
+
+    def state(self) -> dict[str, str]:
+        out = {}
+        for name, conn in sorted(self.by_name.items()):
+            facts = ["kept" if conn is self.conns.primary else "retiring" if conn.retiring else "open"]
+            facts += ["dialed" if conn.dialed else "accepted"]
+            facts += [
+                fact
+                for fact, on in (
+                    ("hellos done", conn.established),
+                    ("peer authenticated", conn.authenticated),
+                    ("FIN sent", conn.fin_sent),
+                    ("FIN received", conn.peer_fin),
+                    ("retire timer (2 s) running", conn.timer is not None),
+                )
+                if on
+            ]
+            out[name] = ", ".join(facts)
+        primary = self.conns.primary
+        out["link"] = "up" if primary is not None and primary.authenticated else "down"
+        return out
+
+
+def _retirement(secret: bytes, pairing_id: bytes) -> Json:
+    """Section 12.2, worked: a link is up on A (dialed by the lower NodeId); the higher NodeId dials B."""
+    ini, joi = (identity.node_id for identity in _ids())
+    low = dialer_of(ini, joi)
+    high = joi if low == ini else ini
+    wire, kid = _Wire(), ks.key_id(pairing_id)
+    nodes = {
+        "low": _Node("low", low, high, secret, kid, wire),
+        "high": _Node("high", high, low, secret, kid, wire),
+    }
+    steps: list[Json] = []
+
+    def step(at: str, action: str, run: typing.Callable[[], object]) -> None:
+        wire.sent, nodes[at].events = [], []
+        run()
+        sends = []
+        for item in wire.sent:
+            if "frame" in item:
+                msg = _decode(item["frame"])
+                sent: Json = {"conn": item["conn"], "message": type(msg).__name__, "fields": _fields(msg)}
+                if isinstance(msg, m.LinkSealed):
+                    sent["inner"] = item["inner"]
+                sends.append(sent | {"frame": item["frame"].hex()})
+            elif "fin" in item:
+                sends.append({"conn": item["conn"], "stream": "FIN (empty STREAM frame, FIN bit set)"})
+            else:
+                code = item["connection_close"]
+                sends.append({"conn": item["conn"], "connection_close": f"{code.name} (0x{code.value:02x})"})
+        entry: Json = {"step": len(steps) + 1, "at": at, "action": action, "received": nodes[at].events}
+        steps.append(entry | {"sends": sends, "state": {name: node.state() for name, node in nodes.items()}})
+
+    def deliver(conn: str, sender: str) -> None:
+        receiver = "high" if sender == "low" else "low"
+        queue = wire.queues.pop((conn, sender), [])
+        for item in queue:
+            nodes[receiver].deliver(conn, item)
+
+    def arrival(conn: str, sender: str) -> tuple[str, str, typing.Callable[[], object]]:
+        receiver = "high" if sender == "low" else "low"
+        return receiver, f"receives what {sender} sent on {conn}", lambda: deliver(conn, sender)
+
+    step(
+        "low",
+        "dials A (the dial rule), opens the stream, sends its hello",
+        lambda: nodes["low"].connect("A", dialed=True).start_as_dialer(),
+    )
+    step(*arrival("A", "low"))
+    step(*arrival("A", "high"))
+    step(*arrival("A", "low"))
+    step(
+        "high",
+        "dials B (both dial: the test-only setting of 12.1, or a restart race)",
+        lambda: nodes["high"].connect("B", dialed=True).start_as_dialer(),
+    )
+    for sender in ("high", "low", "high", "low", "high"):
+        step(*arrival("B", sender))
+    _check(
+        (wire.queues, {}, "nothing left on the wire"),
+        ([sorted(node.by_name) for node in nodes.values()], [["A"], ["A"]], "both keep A only"),
+    )
+    out: Json = {"low": low.raw.hex(), "high": high.raw.hex(), "key_id": kid.hex()}
+    return out | {"rand_seeds": {r: RAND_SEEDS[r].decode() for r in TRACE_ROLES}, "steps": steps}
+
+
 # -- framing, the URI, certificates ----------------------------------------------------------
 
 _SAMPLES: list[m.Message] = [
@@ -526,6 +733,131 @@ def _certificates() -> Json:
     return {name: ident.certificate(NOW, rand).public_bytes(Encoding.DER).hex() for name, ident in pairs}
 
 
+def _certificate_serials() -> Json:
+    """Section 3.2: how the 16 ``rand`` bytes of each certificate become its serial number."""
+    rand, out = _rand("certificate"), {}
+    for name in ("initiator", "joiner"):
+        drawn = rand(16)
+        serial = int.from_bytes(drawn, "big") >> 1 or 1
+        out[name] = {"rand_16": drawn.hex(), "serial_hex": f"{serial:x}", "serial_decimal": str(serial)}
+    # The same stream, through the real Identity.certificate: the serials must be the ones above.
+    rand = _rand("certificate")
+    for name, ident in zip(("initiator", "joiner"), _ids(), strict=True):
+        got = ident.certificate(NOW, rand).serial_number
+        _check((f"{got:x}", out[name]["serial_hex"], f"the {name} certificate's serial"))
+    return out
+
+
+def _fixed_schedule() -> Json:
+    """Section 14's key schedule from fixed inputs (no PAKE run): every value from the formulas."""
+    ini, joi = NodeId(b"\x11" * 32), NodeId(b"\x22" * 32)
+    pake_i, pake_j, key = b"A" + b"\x33" * 32, b"B" + b"\x44" * 32, b"\x55" * 32
+    nonce_d, nonce_l, nameplate = b"\x66" * 32, b"\x77" * 32, 4242
+    th = ks.transcript_hash(
+        version=1, nameplate=nameplate, initiator=ini, joiner=joi, pake_initiator=pake_i, pake_joiner=pake_j
+    )
+    keys = ks.derive_pairing_keys(key, th)
+    link = ks.link_keys(
+        keys.pairing_secret,
+        dialer=ini,
+        listener=joi,
+        dialer_nonce=nonce_d,
+        listener_nonce=nonce_l,
+        local_is_dialer=True,
+    )
+    inputs = {"initiator": ini.raw, "joiner": joi.raw, "pake_initiator": pake_i, "pake_joiner": pake_j}
+    inputs |= {"K": key, "dialer_nonce": nonce_d, "listener_nonce": nonce_l}
+    values = {f.name: getattr(keys, f.name) for f in dataclasses.fields(keys) if f.name != "sas"}
+    values["done_mac"] = ks.done_mac(keys.pairing_secret, th)
+    values["commit_mac"] = ks.commit_mac(keys.pairing_secret, th)
+    values["link_dialer_to_listener"], values["link_listener_to_dialer"] = link.send, link.receive
+    out: Json = {"inputs": {"nameplate": nameplate, "dialer": "initiator", **_hex(inputs)}}
+    outputs: Json = dict(_hex(values))
+    outputs |= {"sas": " ".join(keys.sas), "key_fingerprint(K)": ks.key_fingerprint(key)}
+    return out | {"outputs": outputs}
+
+
+def _restart_notice(secret: bytes) -> Json:
+    """Section 11.6: the notice the waiting side (the higher NodeId) sends its dialer."""
+    ini, joi = (identity.node_id for identity in _ids())
+    sender = joi if dialer_of(ini, joi) == ini else ini
+    receiver = ini if sender == joi else joi
+    boot = _rand("notice")(8)
+    key = ks.hkdf_expand(secret, _label("restart notice"), 32)
+    signed = b"\x00qpRN\x01" + sender.raw + receiver.raw + boot
+    tag = ks.hmac_sha256(key, signed)[:16]
+    datagram = b"\x00qpRN\x01" + sender.raw + boot + tag
+    _check(
+        (ks.restart_notice_key(secret), key, "notice_key"),
+        (make_notice(secret, sender, receiver, boot), datagram, "the notice"),
+    )
+    values = {"pairing_secret": secret, "sender": sender.raw, "receiver": receiver.raw, "boot": boot}
+    return _hex(values | {"notice_key": key, "tag_input": signed, "tag": tag, "datagram": datagram})
+
+
+def _stateless_reset() -> Json:
+    """Section 3.4/8.5: each node's reset key from its Ed25519 seed, a token for a connection id."""
+    out: Json = {}
+    rand = _rand("reset")
+    for name, seed in (("initiator", INITIATOR_SEED), ("joiner", JOINER_SEED)):
+        reset_key = ks.hkdf_expand(ks.hkdf_extract(b"", seed), _label("stateless reset"), 32)
+        cid = rand(8)
+        token = ks.hmac_sha256(reset_key, cid)[:16]
+        _check(
+            (ks.stateless_reset_key(seed), reset_key, "reset_key"),
+            (ks.stateless_reset_token(reset_key, cid), token, "reset_token"),
+        )
+        out[name] = _hex({"ed25519_seed": seed, "reset_key": reset_key, "connection_id": cid, "token": token})
+    return out
+
+
+#: Section 7.4, "How a receiver treats them": (what a peer announced, where it was seen).
+_ANNOUNCED: list[tuple[str, list[str], str | None]] = [
+    (
+        "a remote peer: names, bad ports, loopback, unspecified, multicast, reserved dropped",
+        [
+            "192.0.2.1:47470",
+            "[2001:DB8:0:0::1]:47470",
+            "example.net:47470",
+            "192.0.2.1:047470",
+            "192.0.2.1",
+            "2001:db8::2:47470",
+            "127.0.0.1:47470",
+            "[::1]:47470",
+            "0.0.0.0:47470",
+            "224.0.0.251:5353",
+            "240.0.0.1:47470",
+            "not an address",
+            "[fe80::7%eth0]:47470",
+            "[::ffff:198.51.100.9]:47470",
+            "192.0.2.1:47470",
+            "10.0.0.2:47470",
+        ],
+        "198.51.100.7:50123",
+    ),
+    (
+        "a peer on loopback: loopback kept",
+        ["127.0.0.1:47471", "[::1]:47471", "localhost:47471"],
+        "127.0.0.1:5",
+    ),
+    (
+        "nothing usable: nothing kept, the stored addresses stay",
+        ["example.org:1", "::1:2"],
+        "192.0.2.9:50125",
+    ),
+]
+
+
+def _addresses() -> Json:
+    cases = []
+    for case, announced, seen in _ANNOUNCED:
+        kept = list(announced_addresses(announced, peer=seen))
+        hello = m.LinkHello(nonce=bytes(32), pairing=bytes(8), addresses=announced)
+        _check((_verdict(encode_frame(hello)), "LinkHello", "a hello with such addresses decodes"))
+        cases.append({"case": case, "peer_seen_at": seen, "announced": announced, "kept": kept})
+    return {"cases": cases}
+
+
 def build() -> Json:
     """Every vector, in a stable order: the content of docs/vectors.json."""
     ini, joi = _ids()
@@ -550,9 +882,22 @@ def build() -> Json:
         "sas_verified": _sas_verified(pairing_id, secret),
         "sas_refused": _sas_refused(),
         "link": _link(secret, pairing_id),
+        "retirement": _retirement(secret, pairing_id),
         "framing": _framing(),
         "uri": _uri(),
         "certificates": _certificates(),
+        "certificate_serials": _certificate_serials(),
+        "key_schedule_fixed": _fixed_schedule(),
+        "restart_notice": _restart_notice(secret),
+        "stateless_reset": _stateless_reset(),
+        "addresses": _addresses(),
+        "spake2_encodings": {
+            "scalars": "password_scalar_w, initiator_scalar_x, joiner_scalar_y: the integer mod L, "
+            "32 bytes little-endian (as RFC 8032 5.1.2 encodes scalars)",
+            "entropy": "initiator_entropy, joiner_entropy: the 64 rand bytes, read as a big-endian "
+            "integer, then mod L",
+            "K_bytes": "enc(Z): the shared element Z of section 8.1 step 5, encoded as RFC 8032 5.1.2",
+        },
     }
 
 
@@ -606,6 +951,18 @@ def _vectors_md(v: Json) -> str:
         "listener_to_dialer",
     )
     rows += [(f"link {k}", link[k]) for k in names]
+    for role, serial in v["certificate_serials"].items():
+        rows += [
+            (
+                f"{role} certificate: 16 rand bytes, serial (hex)",
+                f"{serial['rand_16']}, {serial['serial_hex']}",
+            )
+        ]
+    notice = v["restart_notice"]
+    rows += [(f"restart notice {k}", notice[k]) for k in ("boot", "notice_key", "tag", "datagram")]
+    for role, reset in v["stateless_reset"].items():
+        rows += [(f"{role} reset_key", reset["reset_key"])]
+        rows += [(f"{role} reset_token(cid {reset['connection_id']})", reset["token"])]
     out = _table(rows)
     out += _log_md("The successful pairing, frame by frame (whole frames, length prefix included):", p["log"])
     link_log = link["hellos"] + [{k: e[k] for k in ("from", "message", "frame")} for e in link["sealed"]]
@@ -622,12 +979,56 @@ def _vectors_md(v: Json) -> str:
     out += _log_md("The same, but the joiner's person refuses the words:", v["sas_refused"]["log"])
     out += ["Frames a receiver must refuse (hex in `framing.invalid`):", "", "| case | result |", "|---|---|"]
     out += [*(f"| {e['case']} | {e['result']} |" for e in v["framing"]["invalid"]), ""]
+    out += ["Announced addresses and what a receiver keeps (section 7.4; `addresses.cases`):", ""]
+    out += ["| peer seen at | announced | kept |", "|---|---|---|"]
+    for case in v["addresses"]["cases"]:
+        announced = ", ".join(f"`{a}`" for a in case["announced"])
+        kept = ", ".join(f"`{a}`" for a in case["kept"]) or "nothing"
+        out.append(f"| `{case['peer_seen_at']}` | {announced} | {kept} |")
+    out.append("")
     return "\n".join(out)
+
+
+def _fixed_md(v: Json) -> str:
+    rows = [(name, value) for name, value in v["key_schedule_fixed"]["outputs"].items()]
+    return "\n".join(_table(rows))
+
+
+def _state_md(state: dict[str, str]) -> str:
+    parts = [f"{conn}: {facts}" for conn, facts in state.items() if conn != "link"]
+    return "; ".join([*parts, f"link {state['link']}"])
+
+
+def _retirement_md(v: Json) -> str:
+    r = v["retirement"]
+    out = [
+        "| # | who | what happens | sends | low NodeId holds after | high NodeId holds after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for st in r["steps"]:
+        got = ", ".join(st["received"]) or "-"
+        what = st["action"] + ("" if got == "-" else f" ({got})")
+        sends = []
+        for item in st["sends"]:
+            shown = (
+                item.get("message") or item.get("stream") or f"CONNECTION_CLOSE {item['connection_close']}"
+            )
+            if "inner" in item:
+                shown += f"(seq {item['fields']['seq']}: {item['inner']})"
+            sends.append(f"{item['conn']}: {shown}")
+        state = st["state"]
+        row = [str(st["step"]), st["at"], what, "<br>".join(sends) or "-"]
+        out.append("| " + " | ".join([*row, _state_md(state["low"]), _state_md(state["high"])]) + " |")
+    return "\n".join(out) + "\n"
 
 
 def render_blocks(vectors: Json) -> dict[str, str]:
     """The generated parts of docs/PROTOCOL.md, by marker name."""
-    return {"vectors": _vectors_md(vectors)}
+    return {
+        "vectors": _vectors_md(vectors),
+        "fixed": _fixed_md(vectors),
+        "retirement": _retirement_md(vectors),
+    }
 
 
 def update_document(text: str, blocks: Mapping[str, str]) -> str:
