@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from quicpair.tools import gen_vectors
+from support.edwards import IDENTITY, L, P, Point, add, enc, mul, neg, x_even
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -156,46 +157,7 @@ def test_certificates_are_self_signed_ed25519_carrying_the_node_ids() -> None:
 
 # -- SPAKE2 on edwards25519, from section 8.1 alone ------------------------------------------
 
-P = 2**255 - 19
-L = 2**252 + 27742317777372353535851937790883648493
-D = -121665 * pow(121666, P - 2, P) % P
-Point = tuple[int, int]
-IDENTITY: Point = (0, 1)
-
-
-def add(a: Point, b: Point) -> Point:
-    """Affine addition on -x^2 + y^2 = 1 + d x^2 y^2 (complete for edwards25519)."""
-    (x1, y1), (x2, y2) = a, b
-    t = D * x1 * x2 * y1 * y2 % P
-    return (x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P
-
-
-def mul(k: int, point: Point) -> Point:
-    out = IDENTITY
-    while k:
-        if k & 1:
-            out = add(out, point)
-        point, k = add(point, point), k >> 1
-    return out
-
-
-def neg(point: Point) -> Point:
-    return (-point[0]) % P, point[1]
-
-
-def x_even(y: int) -> int | None:
-    """The even x with (x, y) on the curve, or None (RFC 8032 5.1.3 without the sign bit)."""
-    xx = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
-    x = pow(xx, (P + 3) // 8, P)
-    if (x * x - xx) % P:
-        x = x * pow(2, (P - 1) // 4, P) % P
-    if (x * x - xx) % P:
-        return None
-    return P - x if x & 1 else x
-
-
-def enc(point: Point) -> bytes:
-    return (point[1] | (point[0] & 1) << 255).to_bytes(32, "little")
+# The curve arithmetic is tests/support/edwards.py: plain integers, RFC 8032 5.1.
 
 
 def dec(data: bytes) -> Point:
