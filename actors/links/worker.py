@@ -347,7 +347,8 @@ class LinkWorker(Supervised, LoopActor):
     def _on_event(self, conn: LinkConn, event: Any) -> bool:
         """Act on one channel event; True when it was a payload we had already taken."""
         if isinstance(event, LinkEstablished):
-            conn.cancel_timer()
+            # The hello deadline keeps running: the link is up only once the peer's first
+            # sealed message opens (PROTOCOL.md 11.2), and a peer that sends none is closed.
             self.log.debug("link.established", conn=conn.id, dialed=conn.dialed, keys=repr(event.keys))
             if self._unpairing:
                 self._send_unpair(conn)
@@ -394,9 +395,10 @@ class LinkWorker(Supervised, LoopActor):
 
     def _hello_timeout(self, key: int) -> None:
         conn = self._conns.get(key)
-        if conn is not None and not conn.established:
-            self.log.warning("link.hello_timeout", conn=conn.id)
-            conn.close(ErrorCode.TIMEOUT, "no link hello in time")
+        if conn is not None and not conn.authenticated and not conn.retiring:
+            what = "no sealed message" if conn.established else "no link hello"
+            self.log.warning("link.hello_timeout", conn=conn.id, established=conn.established)
+            conn.close(ErrorCode.TIMEOUT, f"{what} in time")
 
     # -- which connection is kept (actors/links/choice.py) ----------------------------------
 
@@ -455,6 +457,8 @@ class LinkWorker(Supervised, LoopActor):
     def _authenticated(self, conn: LinkConn, addresses: tuple[str, ...] | None) -> None:
         first = not conn.authenticated
         conn.authenticated = True
+        if first and not conn.retiring:
+            conn.cancel_timer()  # the hello deadline (a retiring one's timer is its linger)
         announced = announced_addresses(
             addresses if addresses is not None else conn.hello_addresses if first else (), peer=conn.address
         )

@@ -126,6 +126,10 @@ _IDENTITY_ALERTS = frozenset(
         tls.AlertDescription.certificate_required,
         # Only Ed25519 is offered (_initialize): a peer whose key is not Ed25519 cannot sign.
         tls.AlertDescription.handshake_failure,
+        # A CertificateVerify that does not verify under the certificate's key: the peer
+        # presented a certificate whose private key it does not hold (an impersonator).
+        # aioquic's own check (_check_certificate_verify_signature) raises it before ours runs.
+        tls.AlertDescription.decrypt_error,
     }
 )
 # The protocol version lives in the ALPN: no common ALPN means no common version.

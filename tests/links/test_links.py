@@ -448,6 +448,33 @@ def test_a_replayed_or_tampered_frame_is_rejected_and_the_node_is_unharmed(pair:
     assert message is not None and message.payload == b"still here"
 
 
+def test_a_peer_that_sends_hellos_but_no_sealed_message_is_closed_at_the_hello_deadline(pair: Pair) -> None:
+    """The link is up only once the peer's first sealed message opens (PROTOCOL.md 11.2): a peer
+    that completes the hellos and then says nothing is closed with TIMEOUT, never kept."""
+    pair.pair()
+    wait_linked(pair.alice, pair.bob)
+    pair.bob.stop()
+    wait_until(lambda: link_of(pair.alice).state != "up", WAIT, "alice sees the link down")  # type: ignore[union-attr]
+    raw = RawLink(pair.bob_home, pair.alice)
+    try:
+        with capture_logs() as logs:
+            raw.connect()
+            assert isinstance(raw.next_event(), LinkEstablished)
+            events = []
+            while True:
+                event = raw.next_event()
+                if isinstance(event, tuple):
+                    break
+                events.append(event)
+            assert event == ("closed", ErrorCode.TIMEOUT)
+            assert [type(e).__name__ for e in events] == ["AddressesReceived"], "alice's LinkAddresses first"
+            assert link_of(pair.alice).state != "up"  # type: ignore[union-attr]
+        timeouts = [e for e in logs if e["event"] == "link.hello_timeout"]
+        assert len(timeouts) == 1 and timeouts[0]["established"] is True
+    finally:
+        raw.close()
+
+
 def test_a_sealed_frame_with_a_wrong_sequence_number_is_a_replay() -> None:
     """The framing of the attack above, without a network: a frame re-sent with its own seq."""
     alice, bob = Identity.generate().node_id, Identity.generate().node_id

@@ -6,10 +6,11 @@ Three groups:
   exactly what tools/gen_vectors.py produces from the code today, so a protocol
   change that does not update the spec fails here.
 * **Implementable.** The values in docs/vectors.json are re-derived from the
-  spec's formulas with nothing but hashlib, hmac, msgpack, cryptography and plain
-  integers: HKDF, the transcript, the key schedule, the SAS, the frames, the boxes,
-  even SPAKE2 on edwards25519 and its M and N. Nothing here imports protocol/ for
-  these checks.
+  spec's formulas with nothing but hashlib, hmac, msgpack, ipaddress, cryptography
+  and plain integers: HKDF, the transcript, the key schedule, the SAS, the frames, the
+  boxes, even SPAKE2 on edwards25519 and its M and N, the certificates byte for byte,
+  restart notices, reset tokens, the addresses a receiver keeps and the frames of the
+  retirement trace. Nothing here imports protocol/ for these checks.
 * **Hand-written tables.** The message, state-machine, error-code and label tables
   that PROTOCOL.md writes out by hand are checked against the code.
 """
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from quicpair.tools import gen_vectors
+from support.edwards import IDENTITY, L, P, Point, add, enc, mul, neg, x_even
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = (ROOT / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -155,46 +157,7 @@ def test_certificates_are_self_signed_ed25519_carrying_the_node_ids() -> None:
 
 # -- SPAKE2 on edwards25519, from section 8.1 alone ------------------------------------------
 
-P = 2**255 - 19
-L = 2**252 + 27742317777372353535851937790883648493
-D = -121665 * pow(121666, P - 2, P) % P
-Point = tuple[int, int]
-IDENTITY: Point = (0, 1)
-
-
-def add(a: Point, b: Point) -> Point:
-    """Affine addition on -x^2 + y^2 = 1 + d x^2 y^2 (complete for edwards25519)."""
-    (x1, y1), (x2, y2) = a, b
-    t = D * x1 * x2 * y1 * y2 % P
-    return (x1 * y2 + x2 * y1) * pow(1 + t, P - 2, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P
-
-
-def mul(k: int, point: Point) -> Point:
-    out = IDENTITY
-    while k:
-        if k & 1:
-            out = add(out, point)
-        point, k = add(point, point), k >> 1
-    return out
-
-
-def neg(point: Point) -> Point:
-    return (-point[0]) % P, point[1]
-
-
-def x_even(y: int) -> int | None:
-    """The even x with (x, y) on the curve, or None (RFC 8032 5.1.3 without the sign bit)."""
-    xx = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
-    x = pow(xx, (P + 3) // 8, P)
-    if (x * x - xx) % P:
-        x = x * pow(2, (P - 1) // 4, P) % P
-    if (x * x - xx) % P:
-        return None
-    return P - x if x & 1 else x
-
-
-def enc(point: Point) -> bytes:
-    return (point[1] | (point[0] & 1) << 255).to_bytes(32, "little")
+# The curve arithmetic is tests/support/edwards.py: plain integers, RFC 8032 5.1.
 
 
 def dec(data: bytes) -> Point:
@@ -629,3 +592,243 @@ def test_scenario_logs_end_as_the_spec_says(name: str) -> None:
     ends = [e["event"] for e in V[name]["log"] if e.get("event", "").startswith(ENDINGS)]
     first, second = EXPECTED_ENDINGS[name]
     assert len(ends) == 2 and ends[0].startswith(first) and ends[1].startswith(second), ends
+
+
+# -- the entries added for an outside implementer (issue 11) ----------------------------------
+
+
+def test_spake2_byte_orders_and_k_bytes_are_stated_and_hold() -> None:
+    text = section("8.1")
+    assert "**little-endian**" in text and "`K_bytes`" in text and "is `enc(Z)`" in text
+    s, enc_notes = V["pairing"]["spake2"], V["spake2_encodings"]
+    assert set(enc_notes) == {"scalars", "entropy", "K_bytes"}
+    assert "little-endian" in enc_notes["scalars"] and "big-endian" in enc_notes["entropy"]
+    # Read the other way round, the scalars are not the values of section 8.1.
+    x = int.from_bytes(h(s["initiator_entropy"]), "big") % L
+    assert int.from_bytes(h(s["initiator_scalar_x"]), "little") == x
+    assert int.from_bytes(h(s["initiator_scalar_x"]), "big") != x
+
+
+def test_certificate_serials_and_certificates_rebuilt_byte_exact_from_the_spec() -> None:
+    import datetime
+
+    from cryptography.x509.oid import NameOID
+
+    stream = rand_stream(V["inputs"]["rand_seeds"]["certificate"], 32)
+    now = datetime.datetime.fromtimestamp(V["inputs"]["now"], tz=datetime.UTC)
+    for index, role in enumerate(("initiator", "joiner")):
+        drawn = stream[16 * index : 16 * (index + 1)]
+        serial = int.from_bytes(drawn, "big") >> 1 or 1
+        entry = V["certificate_serials"][role]
+        assert (entry["rand_16"], entry["serial_hex"], entry["serial_decimal"]) == (
+            drawn.hex(),
+            f"{serial:x}",
+            str(serial),
+        )
+        assert 0 < serial < 2**127
+        key = Ed25519PrivateKey.from_private_bytes(h(V["inputs"][role]["ed25519_seed"]))
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, V["inputs"][role]["node_id_text"])])
+        rebuilt = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(seconds=86400))
+            .not_valid_after(now + datetime.timedelta(seconds=3650 * 86400))
+            .sign(key, algorithm=None)
+        )
+        assert rebuilt.public_bytes(Encoding.DER).hex() == V["certificates"][role]
+        assert rebuilt.version is x509.Version.v3 and len(rebuilt.extensions) == 0
+
+
+def test_the_fixed_key_schedule_is_in_vectors_json() -> None:
+    fixed = V["key_schedule_fixed"]
+    inputs = fixed["inputs"]
+    assert (inputs["nameplate"], inputs["dialer"]) == (4242, "initiator")
+    for name, byte, size in (
+        ("initiator", "11", 32),
+        ("joiner", "22", 32),
+        ("K", "55", 32),
+        ("dialer_nonce", "66", 32),
+        ("listener_nonce", "77", 32),
+    ):
+        assert inputs[name] == byte * size
+    assert (inputs["pake_initiator"], inputs["pake_joiner"]) == ("41" + "33" * 32, "42" + "44" * 32)
+    assert fixed["outputs"] == fixed_schedule()
+
+
+def test_restart_notice_from_the_spec() -> None:
+    n, link = V["restart_notice"], V["link"]
+    secret = h(V["pairing"]["keys"]["k_pairing_secret"])
+    assert n["pairing_secret"] == secret.hex()
+    assert (n["sender"], n["receiver"]) == (link["listener"], link["dialer"])  # the waiting side sends
+    assert n["boot"] == rand_stream(V["inputs"]["rand_seeds"]["notice"], 8).hex()
+    key = expand(secret, b"quicpair/1 restart notice", 32)
+    head = b"\x00qpRN\x01"
+    signed = head + h(n["sender"]) + h(n["receiver"]) + h(n["boot"])
+    tag = hmac256(key, signed)[:16]
+    datagram = head + h(n["sender"]) + h(n["boot"]) + tag
+    assert (n["notice_key"], n["tag_input"], n["tag"], n["datagram"]) == (
+        key.hex(),
+        signed.hex(),
+        tag.hex(),
+        datagram.hex(),
+    )
+    assert len(datagram) == 62 and not datagram[0] & 0x40  # section 11.6: not a QUIC packet
+
+
+def test_stateless_reset_tokens_from_the_spec() -> None:
+    stream = rand_stream(V["inputs"]["rand_seeds"]["reset"], 16)
+    for index, role in enumerate(("initiator", "joiner")):
+        r = V["stateless_reset"][role]
+        assert r["ed25519_seed"] == V["inputs"][role]["ed25519_seed"]
+        reset_key = expand(extract(b"", h(r["ed25519_seed"])), b"quicpair/1 stateless reset", 32)
+        cid = stream[8 * index : 8 * (index + 1)]
+        assert (r["reset_key"], r["connection_id"]) == (reset_key.hex(), cid.hex())
+        assert r["token"] == hmac256(reset_key, cid)[:16].hex()
+
+
+def kept_addresses(announced: list[str], seen: str) -> list[str]:
+    """Section 7.4, "How a receiver treats them", written from the text with ipaddress alone."""
+    import ipaddress
+
+    def split(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+        if text.startswith("["):
+            host, _, port = text[1:].partition("]:")
+            host = host.partition("%")[0]
+        else:
+            host, _, port = text.rpartition(":")
+            if ":" in host:
+                return None
+        if not port.isdigit() or port != str(int(port)) or not 1 <= int(port) <= 65535:
+            return None
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None  # a host name, or nothing
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip, int(port)
+
+    peer = split(seen)
+    peer_on_loopback = peer is not None and peer[0].is_loopback
+    kept: list[str] = []
+    for text in announced:
+        parsed = split(text)
+        if parsed is None:
+            continue
+        ip, port = parsed
+        if ip.is_unspecified or ip.is_multicast or (ip.is_loopback and not peer_on_loopback):
+            continue
+        if isinstance(ip, ipaddress.IPv4Address) and (
+            ip in ipaddress.IPv4Network("0.0.0.0/8") or ip.is_reserved
+        ):
+            continue
+        normal = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+        if normal not in kept:
+            kept.append(normal)
+    return kept[:16]
+
+
+def test_announced_addresses_from_the_spec() -> None:
+    cases = V["addresses"]["cases"]
+    assert any(not case["kept"] for case in cases) and any(len(case["kept"]) > 2 for case in cases)
+    for case in cases:
+        assert kept_addresses(case["announced"], case["peer_seen_at"]) == case["kept"], case["case"]
+        # Section 5: within the limits, a list of anything is a valid message.
+        body = msgpack.packb(
+            [1, 16, {"nonce": bytes(32), "pairing": bytes(8), "addresses": case["announced"]}],
+            use_bin_type=True,
+        )
+        assert verdict(len(body).to_bytes(4, "big") + body) == "LinkHello"
+
+
+def test_a_hello_whose_addresses_break_section_7_4_establishes_the_link() -> None:
+    """The reference channel: bad entries are not a protocol error (PROTOCOL.md 5, 7.4)."""
+    from quicpair.protocol.identity import NodeId
+    from quicpair.protocol.link import LinkChannel, LinkEstablished
+
+    low, high = (NodeId(h(V["link"][role])) for role in ("dialer", "listener"))
+    secret, kid = h(V["pairing"]["keys"]["k_pairing_secret"]), h(V["link"]["key_id"])
+    bad = next(case["announced"] for case in V["addresses"]["cases"] if len(case["announced"]) == 16)
+    sides = [
+        LinkChannel(
+            local=me,
+            peer=peer,
+            local_is_dialer=me == low,
+            pairing_secret=secret,
+            key_id=kid,
+            addresses=addresses,
+            rand=lambda n: bytes(n),
+        )
+        for me, peer, addresses in ((low, high, bad), (high, low, ["192.0.2.1:47470"]))
+    ]
+    dialer, listener = sides
+    listener.receive_data(dialer.hello())
+    dialer.receive_data(listener.hello())
+    for side in (dialer, listener):
+        event = side.next_event()
+        assert isinstance(event, LinkEstablished)
+    assert dialer.next_event() is None and listener.next_event() is None  # nothing failed
+
+
+# -- section 12.2's worked trace ----------------------------------------------------------------
+
+
+def test_the_retirement_trace_follows_section_12_2() -> None:
+    r, ins = V["retirement"], V["inputs"]
+    low, high = sorted(h(ins[role]["node_id"]) for role in ("initiator", "joiner"))
+    assert (r["low"], r["high"], r["key_id"]) == (low.hex(), high.hex(), V["link"]["key_id"])
+    secret = h(V["pairing"]["keys"]["k_pairing_secret"])
+    dialers = {"A": "low", "B": "high"}
+    nonces: dict[tuple[str, str], bytes] = {}
+    opened: dict[tuple[str, str], list[str]] = {}
+    after_fin: dict[tuple[str, str], list[str]] = {}
+    order: list[tuple[int, str, str, str]] = []  # (step, conn, sender, what)
+    for st in r["steps"]:
+        for item in st["sends"]:
+            conn, sender = item["conn"], st["at"]
+            way = (conn, sender)
+            if way in after_fin:  # after its FIN a node sends nothing but the close
+                assert "connection_close" in item, item
+            if "frame" in item:
+                frame = h(item["frame"])
+                assert verdict(frame) == item["message"]
+                if item["message"] == "LinkHello":
+                    role = "dialer" if dialers[conn] == sender else "listener"
+                    seed = r["rand_seeds"][f"{conn} {role}"]
+                    assert item["fields"]["nonce"] == rand_stream(seed, 32).hex()
+                    assert item["fields"]["pairing"] == r["key_id"]
+                    nonces[(conn, role)] = h(item["fields"]["nonce"])
+                    order.append((st["step"], conn, sender, "hello"))
+                    continue
+                salt = nonces[(conn, "dialer")] + nonces[(conn, "listener")]
+                ids = (low if dialers[conn] == "low" else high) + (high if dialers[conn] == "low" else low)
+                way_name = "dialer to listener" if dialers[conn] == sender else "listener to dialer"
+                key = expand(extract(salt, secret), b"quicpair/1 link " + way_name.encode() + ids, 32)
+                seq = item["fields"]["seq"]
+                nonce, aad = bytes(4) + seq.to_bytes(8, "big"), b"quicpair/1 link" + seq.to_bytes(8, "big")
+                plaintext = ChaCha20Poly1305(key).decrypt(nonce, h(item["fields"]["box"]), aad)
+                top = msgpack.unpackb(plaintext)
+                assert BY_TAG[top[1]]["name"] == item["inner"]
+                opened.setdefault(way, []).append(item["inner"])
+                order.append((st["step"], conn, sender, "sealed"))
+            elif "stream" in item:
+                after_fin[way] = []
+                order.append((st["step"], conn, sender, "FIN"))
+            else:
+                assert item["connection_close"] == "DUPLICATE_CONNECTION (0x02)"
+                order.append((st["step"], conn, sender, "close"))
+    # 11.2: every connection's first sealed message each way is LinkAddresses, even the loser's.
+    assert {way: inner[0] for way, inner in opened.items()} == {
+        (conn, side): "LinkAddresses" for conn in "AB" for side in ("low", "high")
+    }
+    # 12.2: A (dialed by the lower NodeId) is kept; on B the dialer FINs first, the listener
+    # answers, then the dialer closes with DUPLICATE_CONNECTION.
+    retire = [(conn, sender, what) for _, conn, sender, what in order if what in ("FIN", "close")]
+    assert retire == [("B", "high", "FIN"), ("B", "low", "FIN"), ("B", "high", "close")]
+    last = r["steps"][-1]["state"]
+    for side in ("low", "high"):
+        assert set(last[side]) == {"A", "link"} and last[side]["A"].startswith("kept")
+        assert last[side]["link"] == "up"

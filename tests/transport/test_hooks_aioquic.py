@@ -158,6 +158,22 @@ def test_hook_check_certificate_verify_signature_runs_on_both_sides() -> None:
         assert server.peer_close.error_code == QuicErrorCode.CRYPTO_ERROR + tls.AlertDescription.access_denied
 
 
+def test_a_forged_certificate_verify_is_alert_51_read_as_identity_mismatch() -> None:
+    """An impersonator presents ALICE's certificate but signs with another key (PROTOCOL.md 3.2)."""
+    carol = Identity.from_seed(bytes([3]) * 32)
+    with hook("tls.Context._check_certificate_verify_signature (the original check runs first)"):
+        client, server = make_pair()
+        server.configuration.private_key = carol.private_key  # ALICE's certificate, CAROL's key
+        client.expect = ALICE.node_id
+        handshake(client, server)
+        # aioquic's own check refuses before ours runs: our hook never saw the certificate.
+        assert client.verified_peer is None and client.refusal is None
+        assert not any(isinstance(e, events.HandshakeCompleted) for e in drain(client))
+        assert server.peer_close is not None
+        assert server.peer_close.error_code == QuicErrorCode.CRYPTO_ERROR + tls.AlertDescription.decrypt_error
+        assert code_from_peer_close(server.peer_close)[0] is ErrorCode.IDENTITY_MISMATCH
+
+
 def test_hook_peer_certificate_holds_the_presented_certificate() -> None:
     with hook("tls.Context._peer_certificate"):
         assert tls.Context(is_client=True)._peer_certificate is None
@@ -302,7 +318,8 @@ def test_close_codes_map_to_quicpair_codes() -> None:
     assert code(crypto + alert.certificate_required) is ErrorCode.IDENTITY_MISMATCH
     assert code(crypto + alert.no_application_protocol) is ErrorCode.UNSUPPORTED_VERSION
     assert "no_application_protocol" in code_from_transport(crypto + alert.no_application_protocol, "")[1]
-    assert code(crypto + alert.decrypt_error) is ErrorCode.PROTOCOL_VIOLATION
+    assert code(crypto + alert.decrypt_error) is ErrorCode.IDENTITY_MISMATCH  # a forged CertificateVerify
+    assert code(crypto + alert.illegal_parameter) is ErrorCode.PROTOCOL_VIOLATION
     assert code(QuicErrorCode.APPLICATION_ERROR) is ErrorCode.GOING_AWAY  # code hidden in the handshake
     assert code(QuicErrorCode.CONNECTION_REFUSED) is ErrorCode.BUSY
     assert code_from_transport(0x0A, "bad frame") == (
@@ -388,3 +405,20 @@ def test_hook_loss_pto_count_counts_unanswered_probe_timeouts() -> None:
             if len(seen) > 3:
                 break
         assert seen == [0, 1, 2, 3], "one more at each unanswered probe timeout"
+
+
+def test_the_spec_lists_exactly_the_alerts_read_as_identity_mismatch() -> None:
+    """PROTOCOL.md 3.2, 3.4 and Appendix A.2 name the same alerts as actors/transport/tls.py."""
+    import re
+    from pathlib import Path
+
+    from quicpair.actors.transport import tls as tls_module
+
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    lists = re.findall(r"alerts?\s+((?:\d+,\s+)+\d+,?\s+or\s+\d+)", spec)
+    assert len(lists) >= 3, lists
+    expected = sorted(int(a) for a in tls_module._IDENTITY_ALERTS)
+    for found in lists:
+        assert sorted(int(n) for n in re.findall(r"\d+", found)) == expected, found
+    for alert in expected:
+        assert code_from_transport(QuicErrorCode.CRYPTO_ERROR + alert, "")[0] is ErrorCode.IDENTITY_MISMATCH
