@@ -30,7 +30,7 @@ from support.daemons import daemons_fixture as daemons_fixture
 from support.deviant_node import DEVIATIONS, DeviantDaemon
 
 #: The code lifetime the nodes under test get, so that the kit can check expiry (it waits this + 1 s).
-CODE_EXPIRY = 4
+CODE_EXPIRY = 6
 #: Bounds a whole kit run (it takes ~15-25 s; this only stops a hang).
 KIT_RUN_LIMIT = 240
 

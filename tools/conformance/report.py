@@ -10,6 +10,7 @@ Only ``fail`` makes the kit's exit status non-zero.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 import traceback
@@ -21,6 +22,8 @@ from .wire import Timeout
 __all__ = ["Failed", "Report", "Result", "Skipped"]
 
 PASS, FAIL, SKIP, CHOSE = "pass", "fail", "skip", "chose"
+#: The choices reported by the check running in this task (asyncio copies the context per task).
+_CHOICES: contextvars.ContextVar[list[Result] | None] = contextvars.ContextVar("choices", default=None)
 
 
 class Failed(Exception):
@@ -48,8 +51,6 @@ class Report:
         self.check_timeout = check_timeout
         self.verbose = verbose
         self.results: list[Result] = []
-        #: Choices reported by the running check: listed right after its own row.
-        self._choices: list[Result] | None = None
 
     def add(
         self, section: str, check: str, spec: str, status: str, detail: str, seconds: float = 0.0
@@ -60,8 +61,10 @@ class Report:
         self.add(section, check, spec, SKIP, why)
 
     def chose(self, section: str, check: str, spec: str, what: str) -> None:
-        if self._choices is not None:
-            self._choices.append(Result(section, check, spec, CHOSE, what, 0.0))
+        """Report a choice; made inside a running check, it is listed right after that check's row."""
+        choices = _CHOICES.get()
+        if choices is not None:
+            choices.append(Result(section, check, spec, CHOSE, what, 0.0))
         else:
             self.add(section, check, spec, CHOSE, what)
 
@@ -74,16 +77,36 @@ class Report:
         timeout: float | None = None,
     ) -> bool:
         """Run one check, bounded by ``timeout`` (default: the per-check timeout); True if it passed."""
+        rows = await self._run_one(section, check, spec, body, timeout)
+        self.results.extend(rows)
+        return rows[0].status == PASS
+
+    async def run_together(
+        self, checks: list[tuple[str, str, str, Callable[[], Awaitable[str | None]]]]
+    ) -> None:
+        """Run checks that mostly wait at the same time; their rows keep the given order."""
+        rows = await asyncio.gather(*(self._run_one(*check, None) for check in checks))
+        for found in rows:
+            self.results.extend(found)
+
+    async def _run_one(
+        self,
+        section: str,
+        check: str,
+        spec: str,
+        body: Callable[[], Awaitable[str | None]],
+        timeout: float | None,
+    ) -> list[Result]:
         limit = self.check_timeout if timeout is None else timeout
         started = time.monotonic()
-        self._choices = []
+        choices: list[Result] = []
+        token = _CHOICES.set(choices)
         try:
             status, detail = await self._outcome(body, limit)
         finally:
-            choices, self._choices = self._choices, None
-        self.add(section, check, spec, status, detail, time.monotonic() - started)
-        self.results.extend(choices)
-        return status == PASS
+            _CHOICES.reset(token)
+        row = Result(section, check, spec, status, detail, round(time.monotonic() - started, 3))
+        return [row, *choices]
 
     async def _outcome(self, body: Callable[[], Awaitable[str | None]], limit: float) -> tuple[str, str]:
         try:

@@ -43,12 +43,14 @@ from quicpair.protocol.messages import Message
 
 __all__ = [
     "CRYPTO_ERROR",
+    "IDENTITY_ALERTS",
     "Conn",
     "Ending",
     "Timeout",
     "client_quic",
     "connect",
     "foreign_key_quic",
+    "forged_verify_quic",
     "no_certificate_quic",
     "not_self_signed_quic",
     "resolve",
@@ -56,6 +58,8 @@ __all__ = [
 
 #: RFC 9001 4.8: a TLS alert travels as the transport error 0x0100 + alert.
 CRYPTO_ERROR = 0x100
+#: Section 3.2 / Appendix A.2: the TLS alerts that refuse a certificate (all read as IDENTITY_MISMATCH).
+IDENTITY_ALERTS = frozenset({40, 42, 43, 44, 45, 46, 48, 49, 51, 116})
 #: The idle timeout the kit asks for: longer than any check.
 _IDLE = 30.0
 
@@ -84,6 +88,23 @@ class Ending:
             return None
         code = self.close.error_code
         return code - CRYPTO_ERROR if CRYPTO_ERROR <= code <= CRYPTO_ERROR + 0xFF else None
+
+    def means(self, code: ErrorCode) -> bool:
+        """Whether the close says ``code`` in one of the forms Appendix A.2 makes equivalent."""
+        close = self.close
+        if close is None:
+            return False
+        if self.application_code == code:
+            return True
+        if close.frame_type is None:
+            return False
+        alert = self.alert
+        if code is ErrorCode.IDENTITY_MISMATCH:
+            return alert in IDENTITY_ALERTS
+        if code is ErrorCode.UNSUPPORTED_VERSION:
+            return alert in (70, 120)
+        transport = {ErrorCode.BUSY: 0x2, ErrorCode.NO_ERROR: 0x0, ErrorCode.PROTOCOL_VIOLATION: 0x4}
+        return code in transport and close.error_code == transport[code]
 
     def describe(self) -> str:
         close = self.close
@@ -406,6 +427,15 @@ def foreign_key_quic(kind: str, alpn: str, expect: NodeId) -> PinnedQuicConnecti
         raise ValueError(kind)
     cert = _certificate(key.public_key(), key, hashes.SHA256())
     return _ForeignKeyConnection(configuration=_raw_config(alpn, cert, key), expect=expect)
+
+
+def forged_verify_quic(alpn: str, expect: NodeId) -> PinnedQuicConnection:
+    """A client presenting a valid self-signed node certificate without its key (an impersonator):
+    its CertificateVerify is signed by another Ed25519 key."""
+    owner = Identity.generate()
+    impostor = ed25519.Ed25519PrivateKey.generate()
+    cert = owner.certificate(time.time(), os.urandom)
+    return PinnedQuicConnection(configuration=_raw_config(alpn, cert, impostor), expect=expect)
 
 
 def not_self_signed_quic(alpn: str, expect: NodeId) -> PinnedQuicConnection:
