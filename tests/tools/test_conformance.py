@@ -131,7 +131,8 @@ def test_the_kit_never_hangs_on_a_silent_address() -> None:
     report = json.loads(done.stdout)
     assert done.returncode == 1
     fails = [r for r in report["results"] if r["status"] == "fail"]
-    assert len(fails) == 7 and all("timeout" in r["detail"] for r in fails), fails
+    assert len(fails) == len(report["results"]) >= 8, report["results"]
+    assert all("timeout" in r["detail"] for r in fails), fails
 
 
 def test_bad_arguments_are_a_usage_error() -> None:
