@@ -66,6 +66,8 @@ class _Session:
     events: list[object] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     resolve: ResolveRequested | None = None
+    #: How the connection ended: (code, closed by the node).
+    closed: tuple[ErrorCode, bool] | None = None
 
 
 class KitInitiator:
@@ -210,6 +212,7 @@ class _Handler:
         self.kit.pump(self.session)
 
     def closed(self, code: ErrorCode, reason: str, by_peer: bool) -> None:
+        self.session.closed = (code, by_peer)
         if not self.session.machine.is_finished:
             self.session.machine.peer_closed(time.time(), int(code))
             self.kit.pump(self.session)
@@ -289,7 +292,15 @@ async def run(kit: Kit) -> None:
                     f"the kit committed, but the join command exited {status}: {command.stderr_tail()}"
                 )
             kit.initiated.append(done)
-            return f"PairDone's done_mac verified, committed; pairing id {key_fingerprint(done.pairing_id)}"
+            if session.closed != (ErrorCode.NO_ERROR, True):
+                raise Failed(
+                    "committed, but the node (the joiner, closing after PairCommit) did not close the "
+                    f"pairing connection with NO_ERROR (10.2): {session.closed}"
+                )
+            return (
+                f"PairDone's done_mac verified, committed, the node closed with NO_ERROR; pairing id "
+                f"{key_fingerprint(done.pairing_id)}"
+            )
 
         await report.run(
             SECTION,
@@ -323,6 +334,35 @@ async def run(kit: Kit) -> None:
             "wrong code: the node sends PairReject WRONG_CODE",
             "10.2",
             wrong_code,
+            timeout=_JOIN_WAIT * 2,
+        )
+
+        async def expired() -> str:
+            kit_side = await side()
+            code = kit_side.codebook.open(time.time(), os.urandom, expiry=0.001)
+            await asyncio.sleep(0.01)  # expired before the node can claim it
+            command = await join(kit_side, code)
+            session = await _next_session(kit_side, 0, _JOIN_WAIT, "join")
+            await _ended(session, step * 2, "pairing")
+            failure = next((e for e in session.events if isinstance(e, PairingFailed)), None)
+            if failure is None or failure.code != ErrorCode.CODE_EXPIRED or failure.remote:
+                raise Failed(
+                    f"expected the kit's PairReject(CODE_EXPIRED) to end the pairing; {_outcome(session)}"
+                )
+            status = await command.wait(_JOIN_WAIT)
+            if status == 0:
+                raise Failed(
+                    "the kit answered PairReject(CODE_EXPIRED) but the join command reported success"
+                )
+            return (
+                f"the kit's PairReject(0x21 CODE_EXPIRED) ended it; the node's join command exited {status}"
+            )
+
+        await report.run(
+            SECTION,
+            "an expired code: PairReject CODE_EXPIRED ends the node's join",
+            "10.7",
+            expired,
             timeout=_JOIN_WAIT * 2,
         )
 

@@ -54,9 +54,12 @@ async def run(kit: Kit, vectors: list[framing.Vector] | None, vectors_why: str |
         link = await dial()
         link.hello()
         hello = await link.read_hello(step)
+        idle = link.conn.quic._remote_max_idle_timeout
         link.close()
         if hello.pairing != key_id(link.paired.pairing_id):
             raise Failed(f"the node's LinkHello names key id {hello.pairing.hex()}, not this pairing's")
+        shown = "none (no idle timeout)" if not idle else f"{idle:g} s"
+        report.chose(SECTION, "the idle timeout in its transport parameters", "3.4", shown)
         return f"LinkHello first, key id {hello.pairing.hex()}, {len(hello.addresses)} address(es)"
 
     async def first_sealed() -> str:
