@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from test_links_processes import FAST, pair, start_pair
 
-from support.link_harness import counter, link, lower_of, wait_linked
+from support.link_harness import counter, link, lower_of, rss, wait_linked
 from support.nodeproc import NodeFactory, NodeProcess, Pending, Reply
 from support.nodeproc import nodes_fixture as nodes_fixture  # the ``nodes`` fixture
 
@@ -52,15 +51,6 @@ CYCLE, CYCLE_ON = 10.0, 6.0
 STEADY = (*FAST[2:], "link.idle_timeout=3", "link.keepalive_interval=1")
 #: Growth of the highest RSS from the first half of the run to the second that is still "flat".
 RSS_MARGIN = 8 * 1024 * 1024
-
-
-def rss(node: NodeProcess) -> int:
-    """The node process's resident set size in bytes (VmRSS of /proc/PID/status)."""
-    assert node.proc is not None
-    for line in Path(f"/proc/{node.proc.pid}/status").read_text(encoding="ascii").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"{node.name}: no VmRSS in /proc/{node.proc.pid}/status")
 
 
 class Direction:

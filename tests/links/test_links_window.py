@@ -33,10 +33,9 @@ from typing import Any
 
 import pytest
 from test_links_processes import FAST, pair, start_pair
-from test_links_soak import rss
 from test_links_trust import by_role
 
-from support.link_harness import WAIT, link, wait_linked
+from support.link_harness import WAIT, link, rss, wait_linked
 from support.nodeproc import NodeFactory, NodeProcess, Reply
 from support.nodeproc import nodes_fixture as nodes_fixture  # the ``nodes`` fixture
 
