@@ -164,6 +164,7 @@ class Node:
             f"quicpair-{identity.node_id.fingerprint}",
             ctx.counters,
             ctx.log,
+            limit=self.settings.link.inbox_limit,
             on_room=self._inbox_room,
             on_take=self._hand_over,
         )

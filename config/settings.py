@@ -158,6 +158,8 @@ class LinkSettings:
     outbox_limit: int = _rule(ge=1, le=1 << 20)
     #: Bytes of payload waiting behind the window, per peer, at most.
     outbox_limit_bytes: int = _rule(ge=65536, le=1 << 32)
+    #: Received messages the application has not taken, at most (then the peers' senders wait).
+    inbox_limit: int = _rule(ge=1, le=1 << 20)
     #: First reconnection delay.
     backoff_min: float = _rule(gt=0, le=3600)
     #: Longest reconnection delay; at least backoff_min.

@@ -256,11 +256,13 @@ class PeerDelivery:
 
     def _expire(self) -> None:
         self._timer = self._timer_at = None
+        # Payloads in flight mean a connection in use: one that never left waited for the window.
+        in_flight = self._out.in_flight
         for item in self._out.expire(self._clock()):
-            self._settle_failed(item, "")
+            self._settle_failed(item, "", window_full=in_flight)
         self._arm()
 
-    def _settle_failed(self, item: Outgoing, why: str) -> None:
+    def _settle_failed(self, item: Outgoing, why: str, *, window_full: int = 0) -> None:
         caller: _Caller = item.token
         future = caller.future
         if future is None or future.done():
@@ -277,6 +279,11 @@ class PeerDelivery:
         if item.transmitted:
             error: QuicpairError = NotAcknowledged(
                 f"{peer} did not confirm the message in time{reason}; it may have arrived; not sent again"
+            )
+        elif window_full:
+            error = NotTransmitted(
+                f"the send window to {peer} stayed full ({window_full} messages sent and not yet "
+                "acknowledged: the peer's application is not taking them); the message was not sent"
             )
         else:
             error = NotTransmitted(

@@ -45,7 +45,8 @@ from quicpair.protocol.identity import NodeId
 
 __all__ = ["INBOX_LIMIT", "Inbox", "ReceivedMessage", "Subscriber"]
 
-#: Messages the inbox holds for an application that does not read (then its peers wait):
+#: Messages the inbox holds for an application that does not read (then its peers wait), unless
+#: `[link] inbox_limit` says otherwise (the node passes it):
 #: 4096 x at most 60 kB (MAX_APP_PAYLOAD) bounds it at ~240 MB in the worst case.
 INBOX_LIMIT = 4096
 

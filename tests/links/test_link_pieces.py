@@ -321,7 +321,19 @@ def test_deadlines_say_whether_the_message_left_and_a_dead_connection_sends_it_a
     timers.fire_all()
     assert isinstance(left.future.exception(0), NotAcknowledged), "it left: it may have arrived"
     assert isinstance(waited.future.exception(0), NotTransmitted), "it never left"
+    assert "send window" in str(waited.future.exception(0)), "it waited for the window, not the link"
     assert d.in_flight == d.waiting == 0
+
+
+def test_a_send_that_never_left_says_whether_the_link_or_the_window_kept_it() -> None:
+    rec, timers, clock = Recorder(), Timers(), Clock()
+    d, _ = delivery(rec, timers, clock)
+    down = request(b"no link")
+    d.submit(down)  # nothing transmits it: no connection
+    clock.now = 111.0
+    timers.fire_all()
+    error = down.future.exception(0)
+    assert isinstance(error, NotTransmitted) and "did not come up in time" in str(error)
 
 
 def test_a_durable_send_returns_once_queued_and_is_dequeued_once_acknowledged() -> None:

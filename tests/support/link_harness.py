@@ -7,12 +7,13 @@ read their links through the ``links`` control op.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from quicpair.protocol.identity import NodeId
 from support.nodeproc import NodeProcess
 
-__all__ = ["WAIT", "counter", "exchange", "link", "linked", "lower_of", "wait_linked"]
+__all__ = ["WAIT", "counter", "exchange", "link", "linked", "lower_of", "rss", "wait_linked"]
 
 #: Every wait in the link tests is bounded by this (seconds).
 WAIT = 15.0
@@ -62,3 +63,12 @@ def exchange(a: NodeProcess, b: NodeProcess, text: str) -> None:
 
 def counter(node: NodeProcess, name: str) -> int:
     return node.counters().get(name, 0)
+
+
+def rss(node: NodeProcess) -> int:
+    """The node process's resident set size in bytes (VmRSS of /proc/PID/status)."""
+    assert node.proc is not None
+    for line in Path(f"/proc/{node.proc.pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"{node.name}: no VmRSS in /proc/{node.proc.pid}/status")

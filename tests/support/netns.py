@@ -28,7 +28,8 @@ once (duplicate address detection off): a test never waits for DAD. The
 switch namespace forwards frames only (IPv6 off there). :meth:`Lan.blackhole_ipv4`
 drops every IPv4 packet at the switch while ARP still answers, like a
 network whose IPv4 is broken or behind a captive portal (nftables, see
-:func:`require_nft`); :meth:`Host.add_cable` gives a host a second cable
+:func:`require_nft`); :meth:`Lan.separate` drops IPv4 between two hosts only;
+:meth:`Host.add_cable` gives a host a second cable
 with an address of its own (a multi-homed host).
 
 Namespace names carry the creating process's pid, so parallel runs never
@@ -430,6 +431,36 @@ class Lan:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"nft could not load the blackhole in {self.bridge_ns}: {proc.stderr.strip()}")
+
+    def separate(self, a: Host, b: Host) -> None:
+        """Drop every IPv4 packet between hosts ``a`` and ``b`` at the switch, both ways, silently.
+
+        Each still reaches every other host, so a third host can be the only path
+        between them (tests/links/test_links_lossy.py puts tools/impairment.py there).
+        """
+        require_nft()
+        if a.ipv4 is None or b.ipv4 is None:
+            raise ValueError("separate() needs two hosts with IPv4 addresses")
+        table = f"qpt_sep_{a.index}_{b.index}"
+        ruleset = (
+            f"table bridge {table} {{\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            f"    ip saddr {a.ipv4} ip daddr {b.ipv4} drop\n"
+            f"    ip saddr {b.ipv4} ip daddr {a.ipv4} drop\n"
+            "  }\n"
+            "}\n"
+        )
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.bridge_ns, "nft", "-f", "-"],
+            input=ruleset,
+            capture_output=True,
+            text=True,
+            timeout=_CMD_TIMEOUT,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft could not separate {a} and {b}: {proc.stderr.strip()}")
 
     def close(self) -> None:
         """Kill our processes, delete our namespaces; never raises for what is already gone."""
