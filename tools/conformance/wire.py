@@ -236,12 +236,6 @@ class Conn:
         self.quic.send_stream_data(self._stream, data, end_stream=end)
         self._protocol.transmit()
 
-    def open_extra_stream(self, data: bytes) -> None:
-        """Open another bidirectional stream and send ``data`` on it (a section 3.1 violation)."""
-        stream = self.quic.get_next_available_stream_id()
-        self.quic.send_stream_data(stream, data)
-        self._protocol.transmit()
-
     def close(self, code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close with an application CONNECTION_CLOSE and release the socket."""
         if not self._protocol.terminated and self.quic.peer_close is None:
