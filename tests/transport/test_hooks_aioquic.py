@@ -422,3 +422,26 @@ def test_the_spec_lists_exactly_the_alerts_read_as_identity_mismatch() -> None:
         assert sorted(int(n) for n in re.findall(r"\d+", found)) == expected, found
     for alert in expected:
         assert code_from_transport(QuicErrorCode.CRYPTO_ERROR + alert, "")[0] is ErrorCode.IDENTITY_MISMATCH
+
+
+def test_hooks_of_the_conformance_kit_read_the_peers_transport_parameters_and_certificate_request() -> None:
+    """tools/conformance reads the node's choices and widens a certificate request through these."""
+    with hook("QuicConnection._remote_max_idle_timeout, tls.Context._client_handle_certificate_request"):
+        client, server = make_pair()
+        seen: list[object] = []
+        client.connect(SERVER_ADDR, now=NOW)  # creates client.tls
+        original = client.tls._client_handle_certificate_request
+        assert params(original) == ["input_buf"]
+
+        def spy(input_buf: object) -> None:
+            original(input_buf)
+            seen.append(client.tls._certificate_request)
+
+        client.tls._client_handle_certificate_request = spy  # type: ignore[method-assign]
+        for _ in range(20):
+            if not transfer(client, server, CLIENT_ADDR) + transfer(server, client, SERVER_ADDR):
+                break
+        assert client.handshake_confirmed
+        assert client._remote_max_idle_timeout == 5.0, "the server's idle timeout in seconds"
+        assert len(seen) == 1 and seen[0] is not None
+        assert list(seen[0].signature_algorithms or []) == [0x0807]  # type: ignore[attr-defined]
