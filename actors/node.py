@@ -39,8 +39,9 @@ import ipaddress
 import os
 import socket
 import stat
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -677,13 +678,7 @@ class Node:
         LocalProtocolError: ``peer`` is not paired (UNKNOWN_PEER) or was unpaired
         (UNPAIRED), or the payload is larger than MAX_APP_PAYLOAD (FRAME_TOO_LARGE).
         """
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-        data = bytes(payload)
-        if len(data) > MAX_APP_PAYLOAD:
-            raise errors.LocalProtocolError(
-                ErrorCode.FRAME_TOO_LARGE, f"payload of {len(data)} bytes; at most {MAX_APP_PAYLOAD}"
-            )
+        data = self._checked_payload(payload)
         if not timeout >= 0:
             raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
@@ -695,6 +690,64 @@ class Node:
             raise errors.NotAcknowledged(
                 f"no answer from the link to {peer.fingerprint}; the message may have been sent"
             ) from exc
+
+    def send_many(
+        self, peer: NodeId, payloads: Sequence[bytes], *, timeout: float = SEND_TIMEOUT
+    ) -> list[int]:
+        """Send each of ``payloads`` to ``peer``, pipelined; returns once the peer's node acknowledged all.
+
+        Each payload is what one :meth:`send` would send (numbered, sealed, delivered
+        once and in order), but the call does not wait for one acknowledgement before
+        it sends the next: it keeps up to ``[link] send_window`` of them in flight and
+        waits for room when that many are unacknowledged (so the link's outbox never
+        overflows), and small payloads share QUIC packets. Returns their delivery
+        numbers, in order. ``timeout`` bounds the whole call. Every payload is checked
+        before any is sent (TypeError, FRAME_TOO_LARGE). On a failure, the errors of
+        :meth:`send`: the first one in payload order is raised once every payload sent
+        so far has been settled; those before it were acknowledged.
+        """
+        data = [self._checked_payload(payload) for payload in payloads]
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
+        deadline = time.monotonic() + timeout
+        room = threading.BoundedSemaphore(self._context.settings.link.send_window)
+        futures: list[concurrent.futures.Future[int]] = []
+        for payload in data:
+            if not room.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                break  # the window stayed full until the deadline: NotAcknowledged below
+            future: concurrent.futures.Future[int] = concurrent.futures.Future()
+            future.add_done_callback(lambda _: room.release())
+            futures.append(future)
+            self._tell_links(SendRequest(peer, payload, deadline, future))
+            if futures[0].done() and futures[0].exception() is not None:
+                break  # the link refused the first one (not paired, outbox full): stop here
+        concurrent.futures.wait(futures, timeout=max(deadline - time.monotonic(), 0.0) + CALL_TIMEOUT)
+        seqs: list[int] = []
+        for future in futures:
+            if not future.done():
+                raise errors.NotAcknowledged(
+                    f"no answer from the link to {peer.fingerprint}; the message may have been sent"
+                )
+            error = future.exception()
+            if error is not None:
+                raise error
+            seqs.append(future.result())
+        if len(seqs) < len(data):
+            raise errors.NotTransmitted(
+                f"the link to {peer.fingerprint} kept its window full for {timeout} s; "
+                f"{len(data) - len(seqs)} of {len(data)} payloads were not sent"
+            )
+        return seqs
+
+    def _checked_payload(self, payload: bytes) -> bytes:
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        data = bytes(payload)
+        if len(data) > MAX_APP_PAYLOAD:
+            raise errors.LocalProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"payload of {len(data)} bytes; at most {MAX_APP_PAYLOAD}"
+            )
+        return data
 
     def queued(self, peer: NodeId | None = None) -> list[QueuedMessage]:
         """Messages queued durably (``send(..., queue=True)``) and not yet acknowledged."""
