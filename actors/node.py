@@ -122,6 +122,7 @@ class Node:
         self._escalated: BaseException | None = None
         self._on_failure = on_failure
         self._mismatch_seen: dict[NodeId, float] = {}
+        self._registry_proxy: tuple[pykka.ActorRef[Any], Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -458,7 +459,12 @@ class Node:
 
     def _ask_registry(self, method: str, *args: Any) -> Any:
         registry = self._context.require_registry()
-        return getattr(registry.proxy(), method)(*args).get(timeout=CALL_TIMEOUT)
+        cached = self._registry_proxy
+        if cached is None or cached[0] is not registry:
+            # pykka builds a proxy by introspecting the actor (~100 us); the inbox's hand-over
+            # asks once a message, so the proxy of the running registry actor is kept.
+            cached = self._registry_proxy = (registry, registry.proxy())
+        return getattr(cached[1], method)(*args).get(timeout=CALL_TIMEOUT)
 
     # -- pairing -------------------------------------------------------------------
 
