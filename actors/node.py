@@ -39,7 +39,6 @@ import ipaddress
 import os
 import socket
 import stat
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,7 +57,7 @@ from quicpair.actors.kernel.loop import EventLoopThread
 from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.kernel.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from quicpair.actors.links.inbox import Inbox, ReceivedMessage
-from quicpair.actors.links.messages import InboxRoom, LinkStatus, SendRequest
+from quicpair.actors.links.messages import InboxRoom, LinkStatus, SendBatch, SendRequest
 from quicpair.actors.links.supervisor import LinksActor, UnpairCommand, load_link_records
 from quicpair.actors.pairing.device import CheckChain, Device, Joining, PairingOffer, SasCheck, answer_check
 from quicpair.actors.pairing.joiner import CallerGaveUp, JoinerSession, ResolveNow
@@ -704,9 +703,9 @@ class Node:
 
         Each payload is what one :meth:`send` would send (numbered, sealed, delivered
         once and in order), but the call does not wait for one acknowledgement before
-        it sends the next: it keeps up to ``[link] send_window`` of them in flight and
-        waits for room when that many are unacknowledged (so the link's outbox never
-        overflows), and small payloads share QUIC packets. Returns their delivery
+        it sends the next: it keeps up to ``[link] send_window`` of them in flight and,
+        when that many are unacknowledged, waits until half of them are (so the link's
+        outbox never overflows), and small payloads share QUIC packets. Returns their delivery
         numbers, in order. ``timeout`` bounds the whole call. Every payload is checked
         before any is sent (TypeError, FRAME_TOO_LARGE). On a failure, the errors of
         :meth:`send`: the first one in payload order is raised once every payload sent
@@ -716,15 +715,24 @@ class Node:
         if not timeout >= 0:
             raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
         deadline = time.monotonic() + timeout
-        room = threading.BoundedSemaphore(self._context.settings.link.send_window)
+        window = self._context.settings.link.send_window
+        chunk = max(window // 2, 1)
         futures: list[concurrent.futures.Future[int]] = []
-        for payload in data:
-            if not room.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
-                break  # the window stayed full until the deadline: NotAcknowledged below
-            future: concurrent.futures.Future[int] = concurrent.futures.Future()
-            future.add_done_callback(lambda _: room.release())
-            futures.append(future)
-            self._tell_links(SendRequest(peer, payload, deadline, future))
+        for start in range(0, len(data), chunk):
+            # At most ``window`` unacknowledged: before each chunk, wait until the older ones
+            # are (acknowledgements settle them in order; one wake-up per chunk).
+            if len(futures) > window - chunk:
+                oldest = futures[len(futures) - (window - chunk) - 1]
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    oldest.exception(timeout=max(deadline - time.monotonic(), 0.0))
+                if not oldest.done() or oldest.exception() is not None:
+                    break  # the deadline passed, or the link failed: settled below
+            requests = tuple(
+                SendRequest(peer, payload, deadline, concurrent.futures.Future())
+                for payload in data[start : start + chunk]
+            )
+            futures += [request.future for request in requests]
+            self._tell_links(SendBatch(peer, requests))
             if futures[0].done() and futures[0].exception() is not None:
                 break  # the link refused the first one (not paired, outbox full): stop here
         concurrent.futures.wait(futures, timeout=max(deadline - time.monotonic(), 0.0) + CALL_TIMEOUT)

@@ -143,7 +143,7 @@ class _Worker:
             node_settings = {"listen_host": host, "listen_port": int(port), "name": f"n{i}"}
             sections = {**overrides, "node": {**overrides.get("node", {}), **node_settings}}
             sections.setdefault("discovery", {})["mdns"] = False
-            return Node(workdir / f"n{i}", load_settings(**sections)).start()
+            return Node(workdir / f"n{i}", load_settings(None, **sections)).start()
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             self.nodes = list(pool.map(make, range(count)))

@@ -205,9 +205,9 @@ class PeerDelivery:
         if not ok:
             self._in.write_failed()
             return None
-        for seq, payload in self._in.write_done():
-            if self._inbox is not None:
-                self._inbox.deliver(self._peer, payload, seq)
+        done = self._in.write_done()
+        if self._inbox is not None:
+            self._inbox.deliver_many(self._peer, list(done))
         return self._in.mark
 
     @property

@@ -7,6 +7,7 @@ quicpair), named for what happened or what is asked:
 message               from -> to             meaning
 ====================  =====================  ==========================================
 :class:`SendRequest`  Node -> links -> worker  seal and send one payload (with a deadline)
+:class:`SendBatch`    Node -> links -> worker  several SendRequests to one peer (``send_many``)
 :class:`UnpairRequest`  links -> worker        the pairing is revoked: tell the peer
 :class:`Accepted`     links -> worker          the listener accepted a connection of the peer
 :class:`Hint`         discovery -> links -> worker  mDNS saw the peer (at these endpoints)
@@ -45,6 +46,7 @@ __all__ = [
     "Notice",
     "PeerUnpairedUs",
     "RecordChanged",
+    "SendBatch",
     "SendRequest",
     "StatusChanged",
     "UnpairDelivered",
@@ -144,6 +146,16 @@ class SendRequest:
     future: concurrent.futures.Future[int]
     #: Queue durably: kept in the registry across restarts until the peer acknowledges it.
     queue: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendBatch:
+    """Several sends to ``peer`` (``Node.send_many``): one message through the actors, one flush."""
+
+    #: The destination of every request.
+    peer: NodeId
+    #: In order; each settled as its own :class:`SendRequest`.
+    requests: tuple[SendRequest, ...]
 
 
 @dataclass(frozen=True, slots=True)
