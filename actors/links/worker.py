@@ -458,6 +458,8 @@ class LinkWorker(Supervised, LoopActor):
     # -- up ------------------------------------------------------------------------------
 
     def _authenticated(self, conn: LinkConn, addresses: tuple[str, ...] | None) -> None:
+        if addresses is None and conn.authenticated:
+            return  # every later message of the connection: nothing announced, nothing new
         first = not conn.authenticated
         conn.authenticated = True
         announced = announced_addresses(
