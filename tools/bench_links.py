@@ -401,11 +401,13 @@ def floor_main(args: list[str]) -> None:
 # -- section: messages ----------------------------------------------------------------------------
 
 
-def _counted(pid: int, child: Child, op: str, **fields: Any) -> Json:
-    """``child.call(op, **fields)``, with the UDP datagrams sent meanwhile when they are counted."""
-    before = udp_out(pid)
+def _counted(pids: tuple[int, int], child: Child, op: str, **fields: Any) -> Json:
+    """``child.call(op, **fields)``, with the CPU time both ends (``pids``) spent meanwhile, and
+    the UDP datagrams sent meanwhile when they are counted."""
+    before, cpu_before = udp_out(pids[0]), [cpu_seconds(pid) for pid in pids]
     result: Json = child.call(op, **fields)
-    after = udp_out(pid)
+    after, cpu_after = udp_out(pids[0]), [cpu_seconds(pid) for pid in pids]
+    result["cpu_s"] = [b - a for a, b in zip(cpu_before, cpu_after, strict=True)]
     if before is not None and after is not None:
         result["packets"] = after - before
     return result
@@ -431,7 +433,8 @@ def run_messages(options: Options) -> Json:
             "stream-client", ["-m", "quicpair.tools.bench", "stream-client", str(port)], options.workdir, ns
         )
         started.append(client)
-        pid = client.wait_line(lambda line: line.get("event") == "ready")["pid"]
+        client_pid = client.wait_line(lambda line: line.get("event") == "ready")["pid"]
+        server_pid, nodes = server.proc.pid, (sender.proc.pid, receiver.proc.pid)
 
         def record(key: str, result: Json) -> None:
             runs.setdefault(key, []).append(result)
@@ -442,14 +445,16 @@ def run_messages(options: Options) -> Json:
         for _ in range(rounds):
             for size in SIZES:
                 n = counts[size]
-                record(f"floor stream {size}", _counted(pid, client, "stream_run", size=size, count=n))
+                result = _counted((client_pid, server_pid), client, "stream_run", size=size, count=n)
+                record(f"floor stream {size}", result)
                 for threads in (1, THREADS):
                     count = n // 4 if threads == 1 else n
                     result = _counted(
-                        pid, sender, "send_run", peer=peer, size=size, count=count, threads=threads
+                        nodes, sender, "send_run", peer=peer, size=size, count=count, threads=threads
                     )
                     record(f"send {size} x{threads}", result)
-                result = _counted(pid, sender, "send_run", peer=peer, size=size, count=n, threads=1, batch=64)
+                fields = {"peer": peer, "size": size, "count": n, "threads": 1, "batch": n}
+                result = _counted(nodes, sender, "send_run", **fields)
                 record(f"send_many {size}", result)
                 record(f"floor rtt {size}", client.call("round_trips", size=size, count=trips))
         total = receiver.call("received")
@@ -470,6 +475,7 @@ def _messages_table(runs: dict[str, list[Json]], total: Json, counts: dict[int, 
             if latencies:
                 stats = summary(latencies)
                 out |= {"p50_ms": stats["p50"], "p95_ms": stats["p95"]}
+            out["cpu_us_per_msg"] = statistics.median(sum(r["cpu_s"]) / n * 1e6 for r in results)
             packets = [r["packets"] / n for r in results if "packets" in r]
             if packets:
                 out["packets_per_msg"] = statistics.median(packets)
@@ -487,7 +493,7 @@ def _messages_table(runs: dict[str, list[Json]], total: Json, counts: dict[int, 
         )
         rows.append(row(f"{size} B: Node.send, 1 thread (acknowledged)", f"send {size} x1", n // 4))
         rows.append(row(f"{size} B: Node.send, {THREADS} threads", f"send {size} x{THREADS}", n))
-        rows.append(row(f"{size} B: Node.send_many, batches of 64", f"send_many {size}", n))
+        rows.append(row(f"{size} B: Node.send_many, one call for all", f"send_many {size}", n))
     return {
         "rows": rows,
         "targets": {"100 B msgs/s ratio": 0.25, "60000 B bytes/s ratio": 0.8},
