@@ -57,7 +57,7 @@ from quicpair.actors.kernel.loop import EventLoopThread
 from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.kernel.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from quicpair.actors.links.inbox import Inbox, ReceivedMessage
-from quicpair.actors.links.messages import InboxRoom, LinkStatus, SendBatch, SendRequest
+from quicpair.actors.links.messages import InboxRoom, LinkStatus, SendBatch, SendRequest, SendTally
 from quicpair.actors.links.supervisor import LinksActor, UnpairCommand, load_link_records
 from quicpair.actors.pairing.device import CheckChain, Device, Joining, PairingOffer, SasCheck, answer_check
 from quicpair.actors.pairing.joiner import CallerGaveUp, JoinerSession, ResolveNow
@@ -717,35 +717,40 @@ class Node:
         deadline = time.monotonic() + timeout
         window = self._context.settings.link.send_window
         chunk = max(window // 2, 1)
-        futures: list[concurrent.futures.Future[int]] = []
+        chunks_in_flight = max(window // chunk, 1)
+        tallies: list[SendTally] = []
         for start in range(0, len(data), chunk):
-            # At most ``window`` unacknowledged: before each chunk, wait until the older ones
-            # are (acknowledgements settle them in order; one wake-up per chunk).
-            if len(futures) > window - chunk:
-                oldest = futures[len(futures) - (window - chunk) - 1]
+            # At most ``window`` unacknowledged: before each chunk, wait until an older one is
+            # (acknowledgements settle them in order; one wake-up per chunk).
+            if len(tallies) >= chunks_in_flight:
+                oldest = tallies[len(tallies) - chunks_in_flight]
                 with contextlib.suppress(concurrent.futures.TimeoutError):
-                    oldest.exception(timeout=max(deadline - time.monotonic(), 0.0))
-                if not oldest.done() or oldest.exception() is not None:
+                    oldest.future.result(timeout=max(deadline - time.monotonic(), 0.0))
+                if not oldest.future.done() or oldest.failed:
                     break  # the deadline passed, or the link failed: settled below
+            payloads = data[start : start + chunk]
+            tally = SendTally(len(payloads))
+            tallies.append(tally)
             requests = tuple(
-                SendRequest(peer, payload, deadline, concurrent.futures.Future())
-                for payload in data[start : start + chunk]
+                SendRequest(peer, payload, deadline, tally.slot(i)) for i, payload in enumerate(payloads)
             )
-            futures += [request.future for request in requests]
             self._tell_links(SendBatch(peer, requests))
-            if futures[0].done() and futures[0].exception() is not None:
-                break  # the link refused the first one (not paired, outbox full): stop here
-        concurrent.futures.wait(futures, timeout=max(deadline - time.monotonic(), 0.0) + CALL_TIMEOUT)
+            if tallies[0].future.done() and tallies[0].failed:
+                break  # the link refused the first ones (not paired, outbox full): stop here
+        concurrent.futures.wait(
+            [t.future for t in tallies], timeout=max(deadline - time.monotonic(), 0.0) + CALL_TIMEOUT
+        )
         seqs: list[int] = []
-        for future in futures:
-            if not future.done():
+        for tally in tallies:
+            if not tally.future.done():
                 raise errors.NotAcknowledged(
                     f"no answer from the link to {peer.fingerprint}; the message may have been sent"
                 )
-            error = future.exception()
-            if error is not None:
-                raise error
-            seqs.append(future.result())
+            for result in tally.results:
+                if isinstance(result, BaseException):
+                    raise result
+                assert result is not None
+                seqs.append(result)
         if len(seqs) < len(data):
             raise errors.NotTransmitted(
                 f"the link to {peer.fingerprint} kept its window full for {timeout} s; "

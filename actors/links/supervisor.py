@@ -66,6 +66,7 @@ from quicpair.actors.links.messages import (
     RecordChanged,
     SendBatch,
     SendRequest,
+    Settleable,
     StatusChanged,
     UnpairDelivered,
     UnpairRequest,
@@ -305,9 +306,7 @@ class LinksActor(Supervised, LoopActor):
             raise TypeError(f"links got an unexpected message {message!r}")
         return None
 
-    def _forward(
-        self, peer: NodeId, message: Any, missing: Sequence[concurrent.futures.Future[Any]] = ()
-    ) -> None:
+    def _forward(self, peer: NodeId, message: Any, missing: Sequence[Settleable] = ()) -> None:
         entry = self._peers.get(peer)
         if entry is None:
             for future in missing:
