@@ -1,7 +1,7 @@
 """The benchmark: quicpair side by side with the raw transport floor, in one run.
 
     python -m quicpair.tools.bench                 # the full run (several minutes)
-    python -m quicpair.tools.bench --quick         # about a minute
+    python -m quicpair.tools.bench --quick         # about two minutes
     python -m quicpair.tools.bench --json out.json --markdown out.md --sections pairing
 
 Every section runs real processes on loopback and measures itself against a
@@ -762,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m quicpair.tools.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="fewer samples, 50 concurrent only (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, smaller runs (~2 min)")
     parser.add_argument("--samples", type=int, help="pairing samples (default 100, quick 30)")
     parser.add_argument("--concurrency", type=int, nargs="+", help="concurrent pairings (default 50 200)")
     parser.add_argument("--workers", type=int, default=4, help="joiner processes for concurrent pairings")
