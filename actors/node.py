@@ -40,7 +40,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -57,7 +57,7 @@ from quicpair.actors.kernel.loop import EventLoopThread
 from quicpair.actors.kernel.replies import call_async
 from quicpair.actors.kernel.supervisor import ChildSpec, Restart, Strategy, Supervisor
 from quicpair.actors.links.inbox import Inbox, ReceivedMessage
-from quicpair.actors.links.messages import InboxRoom, LinkStatus, SendRequest
+from quicpair.actors.links.messages import InboxRoom, LinkStatus, SendBatch, SendRequest, SendTally
 from quicpair.actors.links.supervisor import LinksActor, UnpairCommand, load_link_records
 from quicpair.actors.pairing.device import CheckChain, Device, Joining, PairingOffer, SasCheck, answer_check
 from quicpair.actors.pairing.joiner import CallerGaveUp, JoinerSession, ResolveNow
@@ -121,6 +121,7 @@ class Node:
         self._escalated: BaseException | None = None
         self._on_failure = on_failure
         self._mismatch_seen: dict[NodeId, float] = {}
+        self._registry_proxy: tuple[pykka.ActorRef[Any], Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -458,7 +459,12 @@ class Node:
 
     def _ask_registry(self, method: str, *args: Any) -> Any:
         registry = self._context.require_registry()
-        return getattr(registry.proxy(), method)(*args).get(timeout=CALL_TIMEOUT)
+        cached = self._registry_proxy
+        if cached is None or cached[0] is not registry:
+            # pykka builds a proxy by introspecting the actor (~100 us); the inbox's hand-over
+            # asks once a message, so the proxy of the running registry actor is kept.
+            cached = self._registry_proxy = (registry, registry.proxy())
+        return getattr(cached[1], method)(*args).get(timeout=CALL_TIMEOUT)
 
     # -- pairing -------------------------------------------------------------------
 
@@ -678,13 +684,7 @@ class Node:
         LocalProtocolError: ``peer`` is not paired (UNKNOWN_PEER) or was unpaired
         (UNPAIRED), or the payload is larger than MAX_APP_PAYLOAD (FRAME_TOO_LARGE).
         """
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-        data = bytes(payload)
-        if len(data) > MAX_APP_PAYLOAD:
-            raise errors.LocalProtocolError(
-                ErrorCode.FRAME_TOO_LARGE, f"payload of {len(data)} bytes; at most {MAX_APP_PAYLOAD}"
-            )
+        data = self._checked_payload(payload)
         if not timeout >= 0:
             raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
@@ -696,6 +696,78 @@ class Node:
             raise errors.NotAcknowledged(
                 f"no answer from the link to {peer.fingerprint}; the message may have been sent"
             ) from exc
+
+    def send_many(
+        self, peer: NodeId, payloads: Sequence[bytes], *, timeout: float = SEND_TIMEOUT
+    ) -> list[int]:
+        """Send each of ``payloads`` to ``peer``, pipelined; returns once the peer's node acknowledged all.
+
+        Each payload is what one :meth:`send` would send (numbered, sealed, delivered
+        once and in order), but the call does not wait for one acknowledgement before
+        it sends the next: it keeps up to ``[link] send_window`` of them in flight and,
+        when that many are unacknowledged, waits until half of them are (so the link's
+        outbox never overflows), and small payloads share QUIC packets. Returns their delivery
+        numbers, in order. ``timeout`` bounds the whole call. Every payload is checked
+        before any is sent (TypeError, FRAME_TOO_LARGE). On a failure, the errors of
+        :meth:`send`: the first one in payload order is raised once every payload sent
+        so far has been settled; those before it were acknowledged.
+        """
+        data = [self._checked_payload(payload) for payload in payloads]
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
+        deadline = time.monotonic() + timeout
+        window = self._context.settings.link.send_window
+        chunk = max(window // 2, 1)
+        chunks_in_flight = max(window // chunk, 1)
+        tallies: list[SendTally] = []
+        for start in range(0, len(data), chunk):
+            # At most ``window`` unacknowledged: before each chunk, wait until an older one is
+            # (acknowledgements settle them in order; one wake-up per chunk).
+            if len(tallies) >= chunks_in_flight:
+                oldest = tallies[len(tallies) - chunks_in_flight]
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    oldest.future.result(timeout=max(deadline - time.monotonic(), 0.0))
+                if not oldest.future.done() or oldest.failed:
+                    break  # the deadline passed, or the link failed: settled below
+            payloads = data[start : start + chunk]
+            tally = SendTally(len(payloads))
+            tallies.append(tally)
+            requests = tuple(
+                SendRequest(peer, payload, deadline, tally.slot(i)) for i, payload in enumerate(payloads)
+            )
+            self._tell_links(SendBatch(peer, requests))
+            if tallies[0].future.done() and tallies[0].failed:
+                break  # the link refused the first ones (not paired, outbox full): stop here
+        concurrent.futures.wait(
+            [t.future for t in tallies], timeout=max(deadline - time.monotonic(), 0.0) + CALL_TIMEOUT
+        )
+        seqs: list[int] = []
+        for tally in tallies:
+            if not tally.future.done():
+                raise errors.NotAcknowledged(
+                    f"no answer from the link to {peer.fingerprint}; the message may have been sent"
+                )
+            for result in tally.results:
+                if isinstance(result, BaseException):
+                    raise result
+                assert result is not None
+                seqs.append(result)
+        if len(seqs) < len(data):
+            raise errors.NotTransmitted(
+                f"the link to {peer.fingerprint} kept its window full for {timeout} s; "
+                f"{len(data) - len(seqs)} of {len(data)} payloads were not sent"
+            )
+        return seqs
+
+    def _checked_payload(self, payload: bytes) -> bytes:
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        data = bytes(payload)
+        if len(data) > MAX_APP_PAYLOAD:
+            raise errors.LocalProtocolError(
+                ErrorCode.FRAME_TOO_LARGE, f"payload of {len(data)} bytes; at most {MAX_APP_PAYLOAD}"
+            )
+        return data
 
     def queued(self, peer: NodeId | None = None) -> list[QueuedMessage]:
         """Messages queued durably (``send(..., queue=True)``) and not yet acknowledged."""

@@ -38,6 +38,7 @@ did not take.
 from __future__ import annotations
 
 import collections
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,8 @@ class Outgoing:
     transmitted: bool = False
     #: It is on the current connection and not yet acknowledged.
     in_flight: bool = False
+    #: Still held by its Outbound (not acknowledged, expired or removed).
+    held: bool = field(default=True, repr=False)
 
 
 class Outbound:
@@ -104,6 +107,9 @@ class Outbound:
         self._window, self._window_bytes = window, window_bytes
         self._limit, self._limit_bytes = limit, limit_bytes
         self._queue: collections.deque[Outgoing] = collections.deque()  # unacknowledged, by seq
+        # (deadline, seq, item) of every held payload with a deadline, and of some no longer
+        # held (skipped when they come to the top): next_deadline without a scan of the queue.
+        self._deadlines: list[tuple[float, int, Outgoing]] = []
         self._in_flight = 0  # the first _in_flight entries of _queue are in flight
         self._flight_bytes = 0
         self._queued_bytes = 0
@@ -142,6 +148,8 @@ class Outbound:
         item = Outgoing(seq, payload, deadline, token)
         self._queue.append(item)
         self._queued_bytes += len(payload)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, seq, item))
         return item
 
     def take(self) -> list[Outgoing]:
@@ -190,13 +198,19 @@ class Outbound:
         return gone
 
     def next_deadline(self) -> float | None:
-        deadlines = [item.deadline for item in self._queue if item.deadline is not None]
-        return min(deadlines) if deadlines else None
+        """The earliest deadline of a payload still held, or None."""
+        deadlines = self._deadlines
+        while deadlines and not deadlines[0][2].held:
+            heapq.heappop(deadlines)
+        return deadlines[0][0] if deadlines else None
 
     def drop_all(self) -> list[Outgoing]:
         """Remove and return everything (the link ends for good: unpaired, stopping)."""
         gone = list(self._queue)
+        for item in gone:
+            item.held = False
         self._queue.clear()
+        self._deadlines.clear()
         self._in_flight = self._flight_bytes = self._queued_bytes = 0
         return gone
 
@@ -210,6 +224,7 @@ class Outbound:
         self._forget(item)
 
     def _forget(self, item: Outgoing) -> None:
+        item.held = False
         self._queued_bytes -= len(item.payload)
         if item.in_flight:
             item.in_flight = False

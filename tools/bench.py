@@ -1,7 +1,7 @@
 """The benchmark: quicpair side by side with the raw transport floor, in one run.
 
     python -m quicpair.tools.bench                 # the full run (several minutes)
-    python -m quicpair.tools.bench --quick         # about a minute
+    python -m quicpair.tools.bench --quick         # about two minutes
     python -m quicpair.tools.bench --json out.json --markdown out.md --sections pairing
 
 Every section runs real processes on loopback and measures itself against a
@@ -33,7 +33,12 @@ sample, so that a busy machine slows both alike:
     behind 127.0.0.1: wall time until the last one finished, failures by
     code, per-pairing latency.
 
-Adding a section (messages, idle links, restart-to-link-up are next): write
+``messages``, ``idle``, ``restart``, ``down``
+    The link sections, in tools/bench_links.py (its docstring says what each
+    measures): acknowledged messages against a raw aioquic stream, idle links
+    against one hub, restart of each side to link up, a vanished peer to link down.
+
+Adding a section: write
 ``run_<name>(options, machine) -> dict`` returning ``{"rows": [...], ...}``
 (each row ``{"what": str, **numbers}``), add a :class:`Section` to
 :data:`SECTIONS`; the JSON and markdown outputs pick it up. :data:`PLANNED`
@@ -104,13 +109,9 @@ class Section:
     run: Callable[[Options], Json]
 
 
-#: Sections the issue asks for that are not written yet (the link protocol is changing under
-#: them); each will be a :class:`Section` in :data:`SECTIONS`.
-PLANNED = {
-    "messages": "message latency and throughput, 100 B and 60 KB, against a raw aioquic stream",
-    "idle": "CPU and memory of 20, 50 and 100 idle links",
-    "restart": "restart-to-link-up, each side",
-}
+#: Sections the issue asks for that are not written yet; each will be a :class:`Section` in
+#: :data:`SECTIONS`.
+PLANNED: dict[str, str] = {}
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -138,11 +139,11 @@ def summary(values: Sequence[float]) -> Json:
 class Child:
     """A child process speaking JSON lines on stdin/stdout; stderr to a file."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], workdir: Path, prefix: Sequence[str] = ()) -> None:
         self.name = name
         self._stderr = (workdir / f"{name}.stderr").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, *argv],
+            [*prefix, sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -656,11 +657,27 @@ def run_concurrent(options: Options) -> Json:
     return {"rows": rows, "targets": {"200_wall_s": 3.0, "failed": 0}, "raw": raw}
 
 
+def _links_section(name: str) -> Callable[[Options], Json]:
+    """A section of tools/bench_links.py (imported when it runs: it imports this module)."""
+
+    def run(options: Options) -> Json:
+        from quicpair.tools import bench_links
+
+        result: Json = getattr(bench_links, f"run_{name}")(options)
+        return result
+
+    return run
+
+
 SECTIONS = (
     Section("pake", "SPAKE2, one side (start and finish)", run_pake),
     Section("steps", "A pairing step by step (two nodes in one process, medians)", run_steps),
     Section("pairing", "Pairing latency, two processes, against the transport floor", run_pairing),
     Section("concurrent", "Concurrent pairings against one initiator", run_concurrent),
+    Section("messages", "Acknowledged messages against a raw aioquic stream", _links_section("messages")),
+    Section("idle", "Idle links: one hub node process", _links_section("idle")),
+    Section("restart", "Restart of each side to link up (default timers)", _links_section("restart")),
+    Section("down", "A vanished peer: SIGKILL to link.down on the survivor", _links_section("down")),
 )
 
 
@@ -724,6 +741,16 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["floor-server"]:
         asyncio.run(_floor_server())
         return 0
+    if args[:1] in (["stream-server"], ["stream-client"]):
+        from quicpair.tools.bench_links import floor_main
+
+        floor_main(args)
+        return 0
+    if args[:1] == ["nodes"]:
+        from quicpair.tools.bench_links import worker_main
+
+        worker_main(args[1:])
+        return 0
     if args[:1] == ["joiners"]:
         parser = argparse.ArgumentParser(prog="python -m quicpair.tools.bench joiners")
         parser.add_argument("--count", type=int, required=True)
@@ -735,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m quicpair.tools.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="fewer samples, 50 concurrent only (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, smaller runs (~2 min)")
     parser.add_argument("--samples", type=int, help="pairing samples (default 100, quick 30)")
     parser.add_argument("--concurrency", type=int, nargs="+", help="concurrent pairings (default 50 200)")
     parser.add_argument("--workers", type=int, default=4, help="joiner processes for concurrent pairings")

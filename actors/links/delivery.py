@@ -23,14 +23,13 @@ the worker's ``write(what, method, *args)`` and come back as :meth:`written`.
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from quicpair.actors.kernel.loopactor import ActorTimer
 from quicpair.actors.links.inbox import Inbox
-from quicpair.actors.links.messages import SendRequest
+from quicpair.actors.links.messages import SendRequest, Settleable
 from quicpair.actors.registry.store import DeliveryState, QueuedMessage
 from quicpair.config.settings import LinkSettings
 from quicpair.protocol.delivery import Inbound, Outbound, Outgoing, QueueFull
@@ -56,7 +55,7 @@ MAX_UNWRITTEN = 65536
 class _Caller:
     """Who waits for one send: its future (None for a durable send resumed from the registry)."""
 
-    future: concurrent.futures.Future[int] | None
+    future: Settleable | None
     durable: bool
 
 
@@ -205,9 +204,9 @@ class PeerDelivery:
         if not ok:
             self._in.write_failed()
             return None
-        for seq, payload in self._in.write_done():
-            if self._inbox is not None:
-                self._inbox.deliver(self._peer, payload, seq)
+        done = self._in.write_done()
+        if self._inbox is not None:
+            self._inbox.deliver_many(self._peer, list(done))
         return self._in.mark
 
     @property

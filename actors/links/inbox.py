@@ -20,7 +20,10 @@ Nothing is ever dropped here: a message in the inbox has been acknowledged to
 its sender, and it is also in the registry's inbox until the application takes
 it: ``on_take`` (the node's) removes it there *before* it is handed over, so a
 message reaches the application at most once, and one the application never
-took is offered again after a restart. The inbox holds at most
+took is offered again after a restart. (For subscribers, the messages waiting
+together, at most :data:`HANDOVER_BATCH`, leave the registry in one
+transaction before their callbacks run: a crash in between loses those to the
+application, as it loses the one message whose callback it interrupts.) The inbox holds at most
 :data:`INBOX_LIMIT` messages (queued, or waiting for a slow subscriber); a link
 worker asks :meth:`Inbox.room` before it takes more, and when there is none it
 stops acknowledging, so the peers' send windows fill and their senders wait
@@ -43,12 +46,18 @@ from typing import Any
 from quicpair.actors.kernel.counters import Counters
 from quicpair.protocol.identity import NodeId
 
-__all__ = ["INBOX_LIMIT", "Inbox", "ReceivedMessage", "Subscriber"]
+__all__ = ["HANDOVER_BATCH", "INBOX_LIMIT", "Inbox", "ReceivedMessage", "Subscriber"]
 
 #: Messages the inbox holds for an application that does not read (then its peers wait), unless
 #: `[link] inbox_limit` says otherwise (the node passes it):
 #: 4096 x at most 60 kB (MAX_APP_PAYLOAD) bounds it at ~240 MB in the worst case.
 INBOX_LIMIT = 4096
+
+#: Messages waiting for the subscribers leave the registry together, at most this many: one
+#: registry transaction for them (it waits behind the fsync of the link's receive write, so
+#: one per message held a busy receiver to ~1 message per fsync). A crash of the node
+#: between that transaction and the callbacks loses these to the application (at most once).
+HANDOVER_BATCH = 64
 
 #: ``callback(peer, payload)``, called on the node's delivery thread.
 Subscriber = Callable[[NodeId, bytes], None]
@@ -116,11 +125,15 @@ class Inbox:
 
     def deliver(self, peer: NodeId, payload: bytes, seq: int = 0) -> None:
         """Hand one message to the application; never blocks (the caller asked :meth:`room`)."""
-        message = ReceivedMessage(peer, payload, seq)
+        self.deliver_many(peer, [(seq, payload)])
+
+    def deliver_many(self, peer: NodeId, payloads: list[tuple[int, bytes]]) -> None:
+        """Hand ``(seq, payload)`` messages to the application, in order, with one wake-up."""
+        messages = [ReceivedMessage(peer, payload, seq) for seq, payload in payloads]
         with self._cond:
-            if self._closed:
+            if self._closed or not messages:
                 return
-            (self._outbox if self._subscribers else self._queue).append(message)
+            (self._outbox if self._subscribers else self._queue).extend(messages)
             self._cond.notify_all()
 
     # -- the application's side ---------------------------------------------------
@@ -207,12 +220,14 @@ class Inbox:
                     self._cond.wait()
                 if self._closed:
                     return
-                message = self._outbox.popleft()
+                count = min(len(self._outbox), HANDOVER_BATCH)
+                batch = [self._outbox.popleft() for _ in range(count)]
                 subscribers = list(self._subscribers)
-            self._taken([message])
+            self._taken(batch)  # one registry transaction for the batch
             self._took()
-            for callback in subscribers:
-                try:
-                    callback(message.peer, message.payload)
-                except Exception:
-                    self._log.exception("link.subscriber_failed", peer=message.peer.fingerprint)
+            for message in batch:
+                for callback in subscribers:
+                    try:
+                        callback(message.peer, message.payload)
+                    except Exception:
+                        self._log.exception("link.subscriber_failed", peer=message.peer.fingerprint)

@@ -44,6 +44,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +64,9 @@ from quicpair.actors.links.messages import (
     Notice,
     PeerUnpairedUs,
     RecordChanged,
+    SendBatch,
     SendRequest,
+    Settleable,
     StatusChanged,
     UnpairDelivered,
     UnpairRequest,
@@ -267,7 +270,9 @@ class LinksActor(Supervised, LoopActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, SendRequest):
-            self._forward(message.peer, message, missing=message.future)
+            self._forward(message.peer, message, missing=(message.future,))
+        elif isinstance(message, SendBatch):
+            self._forward(message.peer, message, missing=tuple(r.future for r in message.requests))
         elif isinstance(message, Hint):
             self._forward(message.peer, message)
         elif isinstance(message, InboxRoom):
@@ -301,15 +306,16 @@ class LinksActor(Supervised, LoopActor):
             raise TypeError(f"links got an unexpected message {message!r}")
         return None
 
-    def _forward(
-        self, peer: NodeId, message: Any, missing: concurrent.futures.Future[Any] | None = None
-    ) -> None:
+    def _forward(self, peer: NodeId, message: Any, missing: Sequence[Settleable] = ()) -> None:
         entry = self._peers.get(peer)
         if entry is None:
-            if missing is not None and missing.set_running_or_notify_cancel():
-                missing.set_exception(
-                    LocalProtocolError(ErrorCode.UNKNOWN_PEER, f"{peer.fingerprint} is not a paired device")
-                )
+            for future in missing:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(
+                        LocalProtocolError(
+                            ErrorCode.UNKNOWN_PEER, f"{peer.fingerprint} is not a paired device"
+                        )
+                    )
             return
         if entry.ref is None:
             entry.held.append(message)
@@ -370,10 +376,12 @@ class LinksActor(Supervised, LoopActor):
             if not waiter.done():
                 waiter.set_result(delivered)
         for message in entry.held:
-            if isinstance(message, SendRequest) and message.future.set_running_or_notify_cancel():
-                message.future.set_exception(
-                    LocalProtocolError(ErrorCode.UNPAIRED, f"{peer.fingerprint} is no longer paired")
-                )
+            requests = message.requests if isinstance(message, SendBatch) else (message,)
+            for request in requests:
+                if isinstance(request, SendRequest) and request.future.set_running_or_notify_cancel():
+                    request.future.set_exception(
+                        LocalProtocolError(ErrorCode.UNPAIRED, f"{peer.fingerprint} is no longer paired")
+                    )
         if entry.ref is not None:
             ref, entry.ref = entry.ref, None
             with contextlib.suppress(ActorDeadError):  # it is gone already

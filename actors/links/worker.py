@@ -70,6 +70,7 @@ from quicpair.actors.links.messages import (
     Notice,
     PeerUnpairedUs,
     RecordChanged,
+    SendBatch,
     SendRequest,
     StatusChanged,
     UnpairDelivered,
@@ -262,6 +263,10 @@ class LinkWorker(Supervised, LoopActor):
             self._on_written(message)
         elif isinstance(message, SendRequest):
             self._on_send(message)
+        elif isinstance(message, SendBatch):
+            for request in message.requests:
+                self._on_send(request, flush=False)
+            self._flush()
         elif isinstance(message, Accepted):
             self._on_accepted(message.link)
         elif isinstance(message, Hint):
@@ -455,6 +460,8 @@ class LinkWorker(Supervised, LoopActor):
     # -- up ------------------------------------------------------------------------------
 
     def _authenticated(self, conn: LinkConn, addresses: tuple[str, ...] | None) -> None:
+        if addresses is None and conn.authenticated:
+            return  # every later message of the connection: nothing announced, nothing new
         first = not conn.authenticated
         conn.authenticated = True
         if first and not conn.retiring:
@@ -624,7 +631,7 @@ class LinkWorker(Supervised, LoopActor):
 
     # -- sending -------------------------------------------------------------------------
 
-    def _on_send(self, request: SendRequest) -> None:
+    def _on_send(self, request: SendRequest, *, flush: bool = True) -> None:
         future = request.future
         if not future.set_running_or_notify_cancel():
             return
@@ -634,7 +641,8 @@ class LinkWorker(Supervised, LoopActor):
             )
             return
         self._delivery.submit(request)
-        self._flush()
+        if flush:
+            self._flush()
 
     def _flush(self) -> None:
         primary = self._conns.primary

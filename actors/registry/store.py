@@ -567,10 +567,9 @@ class RegistryStore:
         across a crash); not fsynced: lost with the power, a payload is offered again, with
         its number (ReceivedMessage.seq) for an application that must not see it twice."""
         with self._transaction("handed_over", durable=False) as conn:
-            return sum(
-                conn.execute("DELETE FROM inbox WHERE node_id = ? AND seq = ?", (n.raw, seq)).rowcount
-                for n, seq in taken
-            )
+            return conn.executemany(
+                "DELETE FROM inbox WHERE node_id = ? AND seq = ?", [(n.raw, seq) for n, seq in taken]
+            ).rowcount
 
     def inbox(self) -> builtins.list[tuple[NodeId, int, bytes]]:
         """Payloads taken but not handed to the application, in the order they were taken."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
-from quicpair.tools import bench
+from quicpair.tools import bench, bench_links
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -24,7 +25,8 @@ def test_percentiles_are_nearest_rank() -> None:
 
 def test_every_section_has_a_name_and_the_planned_ones_are_not_there_yet() -> None:
     names = [section.name for section in bench.SECTIONS]
-    assert len(names) == len(set(names)) and {"pairing", "concurrent"} <= set(names)
+    assert len(names) == len(set(names))
+    assert {"pairing", "concurrent", "messages", "idle", "restart", "down"} <= set(names)
     assert not set(bench.PLANNED) & set(names)
 
 
@@ -67,3 +69,37 @@ def test_the_pake_section_runs(tmp_path: Path) -> None:
     options = bench.Options(quick=True, samples=1, concurrency=(), workers=1, workdir=tmp_path)
     rows = bench.run_pake(options)["rows"]
     assert rows[0]["n"] > 0 and rows[0]["p50"] > 0
+
+
+def test_the_stream_floor_frames_are_counted_however_the_bytes_arrive() -> None:
+    buffer = bytearray()
+    data = bench_links._frame(100, 0) * 3 + bench_links._frame(60_000, 1)
+    kinds = []
+    for i in range(0, len(data), 1200):  # a packet's worth at a time
+        buffer += data[i : i + 1200]
+        kinds += list(bench_links._frames(buffer))
+    assert kinds == [0, 0, 0, 1] and not buffer
+
+
+def test_the_messages_table_gives_rates_ratios_cpu_and_packets_per_message() -> None:
+    counts = {100: 1000, 60_000: 10}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for size, n in counts.items():
+        runs[f"floor stream {size}"] = [{"elapsed": 0.1, "cpu_s": [0.05, 0.05], "packets": n}]
+        runs[f"floor rtt {size}"] = [{"latencies_ms": [1.0, 2.0, 3.0]}]
+        runs[f"send {size} x1"] = [{"elapsed": 1.0, "cpu_s": [0.1, 0.1], "latencies_ms": [4.0] * (n // 4)}]
+        runs[f"send {size} x{bench_links.THREADS}"] = [{"elapsed": 0.5, "cpu_s": [0.1, 0.1]}]
+        runs[f"send_many {size}"] = [{"elapsed": 0.4, "cpu_s": [0.2, 0.2], "packets": n // 2}]
+    rows = bench_links._messages_table(runs, {"messages": 0}, counts)["rows"]
+    floor, _, one, _, many = rows[:5]
+    assert floor["msgs_s"] == 10_000 and floor["ratio"] == 1.0 and floor["cpu_us_per_msg"] == 100.0
+    assert one["msgs_s"] == 250 and one["p50_ms"] == 4.0
+    assert many["ratio"] == 0.25 and many["packets_per_msg"] == 0.5 and many["cpu_us_per_msg"] == 400.0
+
+
+def test_udp_counters_and_cpu_are_read_for_this_process() -> None:
+    import os
+
+    out = bench_links.udp_out(os.getpid())
+    assert out is None or out >= 0
+    assert bench_links.cpu_seconds(os.getpid()) > 0 and bench_links.rss_mb(os.getpid()) > 1
