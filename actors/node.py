@@ -166,6 +166,7 @@ class Node:
             ctx.counters,
             ctx.log,
             limit=self.settings.link.inbox_limit,
+            limit_bytes=self.settings.link.inbox_limit_bytes,
             on_room=self._inbox_room,
             on_take=self._hand_over,
         )

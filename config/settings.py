@@ -160,6 +160,8 @@ class LinkSettings:
     outbox_limit_bytes: int = _rule(ge=65536, le=1 << 32)
     #: Received messages the application has not taken, at most (then the peers' senders wait).
     inbox_limit: int = _rule(ge=1, le=1 << 20)
+    #: And bytes of their payloads, at most (plus one message).
+    inbox_limit_bytes: int = _rule(ge=65536, le=1 << 32)
     #: First reconnection delay.
     backoff_min: float = _rule(gt=0, le=3600)
     #: Longest reconnection delay; at least backoff_min.

@@ -23,10 +23,12 @@ message reaches the application at most once, and one the application never
 took is offered again after a restart. (For subscribers, the messages waiting
 together, at most :data:`HANDOVER_BATCH`, leave the registry in one
 transaction before their callbacks run: a crash in between loses those to the
-application, as it loses the one message whose callback it interrupts.) The inbox holds at most
-:data:`INBOX_LIMIT` messages (queued, or waiting for a slow subscriber); a link
-worker asks :meth:`Inbox.room` before it takes more, and when there is none it
-stops acknowledging, so the peers' send windows fill and their senders wait
+application, as it loses the one message whose callback it interrupts.)
+
+The inbox holds at most :data:`INBOX_LIMIT` messages and :data:`INBOX_LIMIT_BYTES`
+bytes of payload (queued, or waiting for a slow subscriber); a link worker asks
+:meth:`Inbox.room` before it takes more, and when there is none it stops
+acknowledging, so the peers' send windows fill and their senders wait
 (back-pressure) until the application reads; ``on_room`` tells the node when
 space comes back.
 
@@ -45,13 +47,16 @@ from typing import Any
 
 from quicpair.actors.kernel.counters import Counters
 from quicpair.protocol.identity import NodeId
+from quicpair.protocol.messages import MAX_APP_PAYLOAD
 
-__all__ = ["HANDOVER_BATCH", "INBOX_LIMIT", "Inbox", "ReceivedMessage", "Subscriber"]
+__all__ = ["HANDOVER_BATCH", "INBOX_LIMIT", "INBOX_LIMIT_BYTES", "Inbox", "ReceivedMessage", "Subscriber"]
 
 #: Messages the inbox holds for an application that does not read (then its peers wait), unless
-#: `[link] inbox_limit` says otherwise (the node passes it):
-#: 4096 x at most 60 kB (MAX_APP_PAYLOAD) bounds it at ~240 MB in the worst case.
+#: `[link] inbox_limit` says otherwise (the node passes it).
 INBOX_LIMIT = 4096
+#: And bytes of payload (`[link] inbox_limit_bytes`): whichever bound is reached first holds the
+#: peers back. The inbox never holds more than this plus one message (MAX_APP_PAYLOAD).
+INBOX_LIMIT_BYTES = 64 << 20
 
 #: Messages waiting for the subscribers leave the registry together, at most this many: one
 #: registry transaction for them (it waits behind the fsync of the link's receive write, so
@@ -94,11 +99,12 @@ class Inbox:
         log: Any,
         *,
         limit: int = INBOX_LIMIT,
+        limit_bytes: int = INBOX_LIMIT_BYTES,
         on_room: OnRoom | None = None,
         on_take: OnTake | None = None,
     ) -> None:
-        if limit < 1:
-            raise ValueError("the inbox limit must be at least 1")
+        if limit < 1 or limit_bytes < 1:
+            raise ValueError("the inbox limits must be at least 1")
         self._on_room = on_room
         self._on_take = on_take
         self._full = False
@@ -106,6 +112,9 @@ class Inbox:
         self._counters = counters
         self._log = log
         self._limit = limit
+        self._limit_bytes = limit_bytes
+        #: Payload bytes held (queued, or waiting for the subscribers).
+        self._bytes = 0
         self._cond = threading.Condition()
         self._queue: collections.deque[ReceivedMessage] = collections.deque()
         self._outbox: collections.deque[ReceivedMessage] = collections.deque()
@@ -116,9 +125,15 @@ class Inbox:
     # -- the loop's side ---------------------------------------------------------
 
     def room(self) -> int:
-        """How many more messages the inbox takes now (0: full; ``on_room`` says when it is not)."""
+        """How many more messages the inbox takes now (0: full; ``on_room`` says when it is not).
+
+        Counted as if each were as large as a payload can be, so the byte bound holds whatever
+        the peers send; below the byte bound there is room for at least one.
+        """
         with self._cond:
             room = self._limit - len(self._queue) - len(self._outbox)
+            free_bytes = self._limit_bytes - self._bytes
+            room = min(room, max(free_bytes // MAX_APP_PAYLOAD, 1)) if free_bytes > 0 else 0
             if room <= 0:
                 self._full = True
             return max(room, 0)
@@ -134,6 +149,7 @@ class Inbox:
             if self._closed or not messages:
                 return
             (self._outbox if self._subscribers else self._queue).extend(messages)
+            self._bytes += sum(len(message.payload) for message in messages)
             self._cond.notify_all()
 
     # -- the application's side ---------------------------------------------------
@@ -167,6 +183,8 @@ class Inbox:
                     return None
                 self._cond.wait(remaining)
             message = self._queue.popleft() if self._queue else None
+            if message is not None:
+                self._bytes -= len(message.payload)
         if message is not None:
             self._taken([message])
         self._took()
@@ -180,6 +198,7 @@ class Inbox:
         with self._cond:
             rest = list(self._queue)
             self._queue.clear()
+            self._bytes -= sum(len(message.payload) for message in rest)
         self._taken(rest)
         self._took()
         return [first, *rest]
@@ -222,6 +241,7 @@ class Inbox:
                     return
                 count = min(len(self._outbox), HANDOVER_BATCH)
                 batch = [self._outbox.popleft() for _ in range(count)]
+                self._bytes -= sum(len(message.payload) for message in batch)
                 subscribers = list(self._subscribers)
             self._taken(batch)  # one registry transaction for the batch
             self._took()

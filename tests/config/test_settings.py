@@ -35,7 +35,7 @@ def test_defaults() -> None:
     assert dataclasses.astuple(settings.link) == (
         *(9.0, 6.0, 5, 1.0),  # dead peer: idle timeout, keep-alive, probe timeouts, liveness check
         *(256, 4 << 20, 1024, 16 << 20),  # acknowledged delivery: window and outbox
-        4096,  # received messages the application has not taken
+        *(4096, 64 << 20),  # received messages the application has not taken, and their bytes
         *(0.5, 30.0, 0.2, 10.0, 0.25, 5.0),  # reconnection
     )
     assert settings.discovery.mdns is True

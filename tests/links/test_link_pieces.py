@@ -39,6 +39,7 @@ from quicpair.protocol.errors import (
     QuicpairError,
 )
 from quicpair.protocol.identity import Identity, NodeId
+from quicpair.protocol.messages import MAX_APP_PAYLOAD
 from quicpair.tools.control import RequestError, decode_request
 from support.waiting import wait_until
 
@@ -187,6 +188,32 @@ def test_the_inbox_never_drops_a_message_it_says_when_full_and_when_room_comes_b
     assert [m.payload for m in inbox.drain()] == [b"1", b"2"]
     assert room_back == [1] and inbox.room() == 3
     assert inbox.receive(timeout=0.01) is None
+    inbox.close()
+
+
+def test_the_inbox_bounds_the_bytes_it_holds_counting_each_message_it_takes_at_the_largest_size() -> None:
+    room_back: list[int] = []
+    limit_bytes = 3 * MAX_APP_PAYLOAD + 10
+    inbox = Inbox(
+        "t",
+        Counters(),
+        structlog.get_logger(),
+        limit=100,
+        limit_bytes=limit_bytes,
+        on_room=lambda: room_back.append(1),
+    )
+    peer = Identity.generate().node_id
+    assert inbox.room() == 3, "three payloads of the largest size fit in the bytes"
+    big = bytes(MAX_APP_PAYLOAD)
+    inbox.deliver_many(peer, [(1, big), (2, big), (3, big)])
+    assert inbox.room() == 1, "below the byte bound there is room for one more, whatever its size"
+    inbox.deliver(peer, big, seq=4)
+    assert inbox.room() == 0, "over the byte bound: full (by at most one message)"
+    taken = inbox.drain()
+    assert [m.seq for m in taken] == [1, 2, 3, 4] and room_back == [1]
+    assert inbox.room() == 3
+    inbox.deliver_many(peer, [(5, b"x" * 100)])
+    assert inbox.room() == 2, "room counts each new message at the largest size"
     inbox.close()
 
 
