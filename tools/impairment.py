@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from quicpair.protocol.codes import split_address
+from quicpair.tools.argtypes import host_port
 
 __all__ = ["Impairment", "PathStats", "main"]
 
@@ -232,22 +232,12 @@ async def _run(listen_at: tuple[str, int], path: Impairment) -> None:
         path.close()
 
 
-def _address(text: str) -> tuple[str, int]:
-    """``host:port``; port 0 allowed (any free port) for --listen."""
-    if text.endswith(":0"):
-        return text[:-2].strip("[]"), 0
-    try:
-        return split_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not host:port ({exc})") from exc
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m quicpair.tools.impairment", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--listen", type=_address, required=True, help="host:port (port 0: any)")
-    parser.add_argument("--target", type=_address, required=True, help="where datagrams go, host:port")
+    parser.add_argument("--listen", type=host_port, required=True, help="host:port (port 0: any)")
+    parser.add_argument("--target", type=host_port, required=True, help="where datagrams go, host:port")
     parser.add_argument("--loss", type=float, default=0.0, help="percent dropped, each direction")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds added, each direction")
     parser.add_argument("--seed", type=int, default=1, help="of the drop decisions")

@@ -39,10 +39,10 @@ from quicpair.actors.kernel.logs import configure_logging
 from quicpair.actors.transport.dial import dial
 from quicpair.actors.transport.listener import Listener, listen
 from quicpair.actors.transport.quic_link import QuicLink
-from quicpair.protocol.codes import split_address
 from quicpair.protocol.errors import ErrorCode, ProtocolError, QuicpairError
 from quicpair.protocol.identity import Identity
 from quicpair.protocol.messages import ALPN_PAIR
+from quicpair.tools.argtypes import host_port
 
 __all__ = ["Relay", "main"]
 
@@ -201,22 +201,12 @@ async def _run(listen_at: tuple[str, int], target: tuple[str, int]) -> None:
         await relay.close()
 
 
-def _address(text: str) -> tuple[str, int]:
-    """``host:port``; port 0 allowed (any free port) for --listen."""
-    if text.endswith(":0"):
-        return text[:-2].strip("[]"), 0
-    try:
-        return split_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not host:port ({exc})") from exc
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m quicpair.tools.relay", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--listen", type=_address, required=True, help="host:port (port 0: any)")
-    parser.add_argument("--target", type=_address, required=True, help="the initiator's host:port")
+    parser.add_argument("--listen", type=host_port, required=True, help="host:port (port 0: any)")
+    parser.add_argument("--target", type=host_port, required=True, help="the initiator's host:port")
     parser.add_argument("--log-level", default="warning", help="of the JSON logs on stderr")
     args = parser.parse_args(argv)
     # stdout carries our JSON lines only; the transport's logs go to stderr.
