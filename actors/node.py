@@ -169,6 +169,7 @@ class Node:
             limit_bytes=self.settings.link.inbox_limit_bytes,
             on_room=self._inbox_room,
             on_take=self._hand_over,
+            on_give_back=self._give_back,
         )
         for peer, seq, payload in undelivered:
             ctx.inbox.deliver(peer, payload, seq)
@@ -267,6 +268,10 @@ class Node:
     def _hand_over(self, messages: list[ReceivedMessage]) -> None:
         # On the application's thread, before it gets them: out of the registry's inbox.
         self._ask_registry("handed_over", [(m.peer, m.seq) for m in messages])
+
+    def _give_back(self, messages: list[ReceivedMessage]) -> None:
+        # Their reader left before it got them: back into the registry's inbox, first in line.
+        self._ask_registry("given_back", [(m.peer, m.seq, m.payload) for m in messages])
 
     def _inbox_room(self) -> None:
         # From the thread that took messages from a full inbox (the application's).
@@ -789,6 +794,12 @@ class Node:
         """The oldest message from a paired device, waiting up to ``timeout`` s; None if none came."""
         inbox: Inbox = self._context.inbox
         return inbox.receive(timeout)
+
+    def give_back(self, messages: list[ReceivedMessage]) -> None:
+        """Return messages :meth:`receive` gave but that never reached their reader (it left):
+        they are the first the next :meth:`receive` returns, across a restart too."""
+        inbox: Inbox = self._context.inbox
+        inbox.give_back(messages)
 
     def links(self) -> list[LinkStatus]:
         """Each paired device's link: up or down, the connection in use, this node's role."""

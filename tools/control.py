@@ -24,9 +24,11 @@ import binascii
 import concurrent.futures
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from quicpair.actors.links.inbox import ReceivedMessage
 from quicpair.actors.node import Node
 from quicpair.actors.pairing.device import Device, Joining, PairingOffer, SasCheck
 from quicpair.protocol.errors import ErrorCode, ProtocolError, QuicpairError
@@ -34,6 +36,9 @@ from quicpair.protocol.errors import PairingFailed as PairingFailedError
 from quicpair.protocol.identity import NodeId
 
 __all__ = ["OPS", "Controller", "decode_request", "error_reply"]
+
+#: How often a waiting ``messages`` request looks whether its client is still there (seconds).
+GONE_POLL = 0.2
 
 #: Operation name -> the request fields it takes (all optional unless listed in REQUIRED).
 OPS: dict[str, tuple[str, ...]] = {
@@ -146,10 +151,16 @@ class Controller:
         self._checks: dict[str, SasCheck] = {}
         self._lock = threading.Lock()
 
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+    def handle(
+        self, request: dict[str, Any], client_gone: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
+        """Run one request; ``client_gone`` says when its client left (a wait then ends early)."""
         request_id = request.get("id")
         try:
-            result = getattr(self, "_op_" + request["op"])(request)
+            if request["op"] == "messages":
+                result: Any = self._op_messages(request, client_gone or (lambda: False))
+            else:
+                result = getattr(self, "_op_" + request["op"])(request)
         except QuicpairError as exc:
             return error_reply(request_id, exc)
         except (ValueError, TypeError) as exc:
@@ -309,14 +320,32 @@ class Controller:
             for m in self.node.queued(peer)
         ]
 
-    def _op_messages(self, request: dict[str, Any]) -> list[dict[str, Any]]:
-        # The first message is waited for (up to timeout), then whatever else is queued.
-        received = self.node.receive(request.get("timeout", 0.0))
-        messages = []
-        while received is not None:
-            messages.append(_message(received.peer, received.payload, received.seq))
-            received = self.node.receive(0.0)
-        return messages
+    def _op_messages(self, request: dict[str, Any], client_gone: Callable[[], bool]) -> list[dict[str, Any]]:
+        # The first message is waited for (up to timeout, while the client is there), then
+        # whatever else is queued. A client that left gets nothing taken for it.
+        deadline = time.monotonic() + request.get("timeout", 0.0)
+        first = None
+        while first is None and not client_gone():
+            first = self.node.receive(max(min(deadline - time.monotonic(), GONE_POLL), 0.0))
+            if time.monotonic() >= deadline:
+                break
+        taken = [] if first is None else [first]
+        while taken and (received := self.node.receive(0.0)) is not None:
+            taken.append(received)
+        if taken and client_gone():
+            self.node.give_back(taken)
+            taken = []
+        return [_message(m.peer, m.payload, m.seq) for m in taken]
+
+    def reply_lost(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        """The reply to ``request`` could not be written (its client left): undo what it took."""
+        if request.get("op") == "messages" and reply.get("ok"):
+            self.node.give_back(
+                [
+                    ReceivedMessage(NodeId.from_text(m["node_id"]), base64.b64decode(m["base64"]), m["seq"])
+                    for m in reply["result"]
+                ]
+            )
 
     def _op_unpair(self, request: dict[str, Any]) -> dict[str, Any]:
         kwargs = {"timeout": request["timeout"]} if "timeout" in request else {}

@@ -229,13 +229,16 @@ class _Client:
             return
         self.server.run_request(self, request)
 
-    def reply(self, reply: dict[str, Any]) -> None:
+    def reply(self, reply: dict[str, Any]) -> bool:
+        """Write one reply; False when the client left (the request still ran)."""
         data = (json.dumps(reply, sort_keys=True) + "\n").encode("utf-8")
         with self._write_lock:
             try:
                 self.conn.sendall(data)
-            except OSError as exc:  # the client left; its request still ran
+            except OSError as exc:
                 self.log.info("control.reply_lost", error=str(exc))
+                return False
+        return True
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -338,7 +341,7 @@ class _ControlServer:
     def _run(self, client: _Client, request: dict[str, Any]) -> None:
         try:
             op = request["op"]
-            reply = self.controller.handle(request)
+            reply = self.controller.handle(request, client_gone=lambda: client.gone)
             if op == "pair" and reply["ok"]:
                 nameplate = reply["result"]["nameplate"]
                 with self._lock:
@@ -354,7 +357,8 @@ class _ControlServer:
                     client.open_codes.discard(request["nameplate"])
             elif op == "info" and reply["ok"]:
                 reply["result"].update(self.extra_info)
-            client.reply(reply)
+            if not client.reply(reply):
+                self.controller.reply_lost(request, reply)
         except Exception as exc:  # a bug in a handler must not end the daemon; say it and go on
             client.log.error("control.request_crashed", op=request.get("op"), error=repr(exc))
             client.reply(error_reply(request.get("id"), exc))

@@ -102,11 +102,13 @@ class Inbox:
         limit_bytes: int = INBOX_LIMIT_BYTES,
         on_room: OnRoom | None = None,
         on_take: OnTake | None = None,
+        on_give_back: OnTake | None = None,
     ) -> None:
         if limit < 1 or limit_bytes < 1:
             raise ValueError("the inbox limits must be at least 1")
         self._on_room = on_room
         self._on_take = on_take
+        self._on_give_back = on_give_back
         self._full = False
         self._name = name
         self._counters = counters
@@ -202,6 +204,24 @@ class Inbox:
         self._taken(rest)
         self._took()
         return [first, *rest]
+
+    def give_back(self, messages: list[ReceivedMessage]) -> None:
+        """Messages :meth:`receive` returned but that never reached the application (the control
+        client that asked for them left): first in line again, in their order, and back in the
+        registry's inbox (``on_give_back``), so the next reader gets them, after a restart too."""
+        if not messages:
+            return
+        if self._on_give_back is not None:
+            try:
+                self._on_give_back(messages)
+            except Exception as exc:  # the registry failed: they are still offered until a restart
+                self._log.error("link.inbox_give_back_failed", messages=len(messages), error=repr(exc))
+        with self._cond:
+            if self._closed:
+                return
+            self._queue.extendleft(reversed(messages))
+            self._bytes += sum(len(message.payload) for message in messages)
+            self._cond.notify_all()
 
     def _taken(self, messages: list[ReceivedMessage]) -> None:
         """``messages`` leave the inbox now: out of the registry first (at most once)."""

@@ -210,6 +210,9 @@ class RegistryActor(pykka.ThreadingActor):
     def handed_over(self, taken: Sequence[tuple[NodeId, int]]) -> int:
         return self._ready().handed_over(taken)
 
+    def given_back(self, messages: Sequence[tuple[NodeId, int, bytes]]) -> int:
+        return self._ready().given_back(messages)
+
     def enqueue(self, message: QueuedMessage) -> None:
         self._ready().enqueue(message)
 

@@ -571,6 +571,19 @@ class RegistryStore:
                 "DELETE FROM inbox WHERE node_id = ? AND seq = ?", [(n.raw, seq) for n, seq in taken]
             ).rowcount
 
+    def given_back(self, messages: Sequence[tuple[NodeId, int, bytes]]) -> int:
+        """Payloads :meth:`handed_over` whose reader left before it got them: back in the inbox,
+        ahead of what is there (they were the oldest), for the next reader; how many.
+
+        Not fsynced, like :meth:`handed_over`: the rows it deleted come back the same way."""
+        with self._transaction("given_back", durable=False) as conn:
+            row = conn.execute("SELECT min(received_at) FROM inbox").fetchone()
+            first = float(row[0]) - 1.0 if row[0] is not None else 0.0
+            return conn.executemany(
+                "INSERT OR IGNORE INTO inbox (node_id, seq, payload, received_at) VALUES (?, ?, ?, ?)",
+                [(node.raw, seq, payload, first) for node, seq, payload in messages],
+            ).rowcount
+
     def inbox(self) -> builtins.list[tuple[NodeId, int, bytes]]:
         """Payloads taken but not handed to the application, in the order they were taken."""
         with self._guard("inbox") as conn:

@@ -191,6 +191,23 @@ def test_the_inbox_never_drops_a_message_it_says_when_full_and_when_room_comes_b
     inbox.close()
 
 
+def test_messages_given_back_are_the_first_the_next_reader_gets_and_go_back_to_the_registry() -> None:
+    returned: list[list[int]] = []
+    inbox = Inbox(
+        "t", Counters(), structlog.get_logger(), on_give_back=lambda ms: returned.append([m.seq for m in ms])
+    )
+    peer = Identity.generate().node_id
+    inbox.deliver_many(peer, [(1, b"a"), (2, b"b"), (3, b"c")])
+    taken = [inbox.receive(timeout=0.01), inbox.receive(timeout=0.01)]
+    assert [m.seq for m in taken if m is not None] == [1, 2]
+    inbox.give_back([m for m in taken if m is not None])
+    assert returned == [[1, 2]], "the registry hears of it once, with the messages in order"
+    assert [m.seq for m in inbox.drain()] == [1, 2, 3]
+    inbox.give_back([])
+    assert returned == [[1, 2]], "nothing given back, nothing said"
+    inbox.close()
+
+
 def test_the_inbox_bounds_the_bytes_it_holds_counting_each_message_it_takes_at_the_largest_size() -> None:
     room_back: list[int] = []
     limit_bytes = 3 * MAX_APP_PAYLOAD + 10

@@ -37,6 +37,18 @@ def test_taking_payloads_stores_them_with_the_mark_which_only_grows(store: Regis
     assert store.inbox() == [(node(1), 7, b"seven")], "what was acknowledged is still delivered"
 
 
+def test_payloads_given_back_are_first_in_the_inbox_again(store: RegistryStore, db: Path) -> None:
+    confirmed(store, 1)
+    assert store.take(node(1), pairing_id(1), [(1, b"one"), (2, b"two"), (3, b"three")], 10.0)
+    assert store.handed_over([(node(1), 1), (node(1), 2)]) == 2
+    assert store.given_back([(node(1), 1, b"one"), (node(1), 2, b"two")]) == 2
+    assert store.inbox() == [(node(1), 1, b"one"), (node(1), 2, b"two"), (node(1), 3, b"three")]
+    assert store.given_back([(node(1), 3, b"three")]) == 0, "what is still there is not doubled"
+    store.close()
+    with RegistryStore(db) as again:
+        assert [s for _, s, _ in again.inbox()] == [1, 2, 3], "in their order after a restart too"
+
+
 def test_queued_sends_wait_in_order_until_acknowledged(store: RegistryStore) -> None:
     confirmed(store, 1)
     confirmed(store, 2)

@@ -237,6 +237,30 @@ def test_a_deleted_control_socket_is_bound_again(daemons: Daemons) -> None:
     assert alice.wait() == 0 and not sock.exists()
 
 
+def test_a_receive_whose_client_left_takes_nothing_and_the_next_one_gets_every_message(
+    daemons: Daemons,
+) -> None:
+    """`quicpair receive` interrupted while it waits (the client's socket closed): the daemon
+    takes nothing for it, or gives back what it took when the reply cannot be written."""
+    alice, bob = daemons.start("alice", "bob")
+    daemons.pair(alice, bob)
+    bob_id = bob.info["node_id"]
+    for _ in range(2):  # two requests whose clients left, each followed by two messages
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(bob.home / "control.sock"))
+            sock.sendall(b'{"id": 1, "op": "messages", "timeout": 60}\n')
+        # The client is gone; Alice's messages arrive while its request might still wait.
+        for text in ("first", "second"):
+            sent = quicpair("send", bob_id, text, "--timeout", "10", home=alice.home)
+            assert sent.returncode == 0, sent.stderr
+    got = quicpair("receive", "--json", "--timeout", "10", home=bob.home)
+    assert got.returncode == 0, got.stderr
+    texts = [json.loads(line)["text"] for line in got.stdout.splitlines()]
+    assert texts == ["first", "second", "first", "second"], "every message, once, in order"
+    assert control(bob.home, "messages", timeout=10)["result"] == []
+
+
 def test_the_cli_tells_a_daemon_that_does_not_answer_from_no_daemon(tmp_path: Path) -> None:
     home = tmp_path / "alice"
     assert quicpair("init", home=home).returncode == 0
