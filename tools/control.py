@@ -323,7 +323,7 @@ class Controller:
     def _op_messages(self, request: dict[str, Any], client_gone: Callable[[], bool]) -> list[dict[str, Any]]:
         # The first message is waited for (up to timeout, while the client is there), then
         # whatever else is queued. A client that left gets nothing taken for it.
-        deadline = time.monotonic() + request.get("timeout", 0.0)
+        deadline = time.monotonic() + (request.get("timeout") or 0.0)  # absent or null: no wait
         first = None
         while first is None and not client_gone():
             first = self.node.receive(max(min(deadline - time.monotonic(), GONE_POLL), 0.0))
