@@ -28,17 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from quicpair.tools.argtypes import host_port
+from quicpair.tools.helper_process import emit, host_port, run_until_stopped
 
 __all__ = ["Impairment", "PathStats", "main"]
 
@@ -198,37 +194,12 @@ class Impairment:
             self._listening.close()
 
 
-def _emit(**fields: Any) -> None:
-    sys.stdout.write(json.dumps(fields, sort_keys=True) + "\n")
-    sys.stdout.flush()
-
-
 async def _run(listen_at: tuple[str, int], path: Impairment) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stdin = sys.stdin.fileno()
-
-    def on_stdin() -> None:
-        data = os.read(stdin, 4096)
-        if not data:  # end of stdin: whoever started us is gone
-            loop.remove_reader(stdin)
-            stop.set()
-            return
-        for _ in range(data.count(b"\n")):
-            _emit(event="stats", **path.stats.to_dict())
-
-    # A file or /dev/null on stdin cannot be watched (epoll refuses them): signals stop us then.
-    with contextlib.suppress(OSError):
-        loop.add_reader(stdin, on_stdin)
     host, port = await path.start(*listen_at)
-    _emit(event="ready", host=host, port=port)
+    emit(event="ready", host=host, port=port)
     try:
-        await stop.wait()
+        await run_until_stopped(on_line=lambda: emit(event="stats", **path.stats.to_dict()))
     finally:
-        with contextlib.suppress(ValueError, OSError):
-            loop.remove_reader(stdin)
         path.close()
 
 
@@ -249,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(_run(args.listen, path))
     except OSError as exc:
-        _emit(event="failed", error=str(exc))
+        emit(event="failed", error=str(exc))
         return 1
-    _emit(event="stopped", **path.stats.to_dict())
+    emit(event="stopped", **path.stats.to_dict())
     return 0
 
 

@@ -29,11 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import signal
 import sys
-from typing import Any
 
 from quicpair.actors.kernel.logs import configure_logging
 from quicpair.actors.transport.dial import dial
@@ -42,7 +38,7 @@ from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol.errors import ErrorCode, ProtocolError, QuicpairError
 from quicpair.protocol.identity import Identity
 from quicpair.protocol.messages import ALPN_PAIR
-from quicpair.tools.argtypes import host_port
+from quicpair.tools.helper_process import emit, host_port, run_until_stopped
 
 __all__ = ["Relay", "main"]
 
@@ -50,11 +46,6 @@ __all__ = ["Relay", "main"]
 DIAL_TIMEOUT = 10.0
 #: The pairing is short-lived; a relay connection idle this long is dropped.
 IDLE_TIMEOUT = 30.0
-
-
-def _emit(**fields: Any) -> None:
-    sys.stdout.write(json.dumps(fields, sort_keys=True) + "\n")
-    sys.stdout.flush()
 
 
 class _Side:
@@ -156,11 +147,11 @@ class Relay:
             )
         except QuicpairError as exc:
             code = exc.code if isinstance(exc, ProtocolError) else ErrorCode.GOING_AWAY
-            _emit(event="upstream_failed", error=str(exc), code=code.name)
+            emit(event="upstream_failed", error=str(exc), code=code.name)
             down.close(code, "relay: target unreachable")
             return
         self._links.add(up)
-        _emit(event="relayed", downstream=down.peer.text, upstream=up.peer.text)
+        emit(event="relayed", downstream=down.peer.text, upstream=up.peer.text)
         _Pipe(down, up)
 
     async def close(self) -> None:
@@ -176,28 +167,12 @@ class Relay:
 
 
 async def _run(listen_at: tuple[str, int], target: tuple[str, int]) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stdin = sys.stdin.fileno()
-
-    def on_stdin() -> None:
-        if not os.read(stdin, 4096):  # end of stdin: whoever started us is gone
-            loop.remove_reader(stdin)
-            stop.set()
-
-    # A file or /dev/null on stdin cannot be watched (epoll refuses them): signals stop us then.
-    with contextlib.suppress(OSError):
-        loop.add_reader(stdin, on_stdin)
     relay = Relay(Identity.generate(), target)
     host, port = await relay.start(*listen_at)
-    _emit(event="ready", host=host, port=port, node_id=relay.identity.node_id.text)
+    emit(event="ready", host=host, port=port, node_id=relay.identity.node_id.text)
     try:
-        await stop.wait()
+        await run_until_stopped()
     finally:
-        with contextlib.suppress(ValueError, OSError):
-            loop.remove_reader(stdin)
         await relay.close()
 
 
@@ -214,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(_run(args.listen, args.target))
     except QuicpairError as exc:
-        _emit(event="failed", error=str(exc))
+        emit(event="failed", error=str(exc))
         return 1
-    _emit(event="stopped")
+    emit(event="stopped")
     return 0
 
 

@@ -421,16 +421,7 @@ class Lan:
             "  }\n"
             "}\n"
         )
-        proc = subprocess.run(
-            ["ip", "netns", "exec", self.bridge_ns, "nft", "-f", "-"],
-            input=ruleset,
-            capture_output=True,
-            text=True,
-            timeout=_CMD_TIMEOUT,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"nft could not load the blackhole in {self.bridge_ns}: {proc.stderr.strip()}")
+        self._bridge_nft(ruleset, f"load the blackhole in {self.bridge_ns}")
 
     def separate(self, a: Host, b: Host) -> None:
         """Drop every IPv4 packet between hosts ``a`` and ``b`` at the switch, both ways, silently.
@@ -451,6 +442,10 @@ class Lan:
             "  }\n"
             "}\n"
         )
+        self._bridge_nft(ruleset, f"separate {a} and {b}")
+
+    def _bridge_nft(self, ruleset: str, what: str) -> None:
+        """Load an nftables ruleset in the switch's namespace; RuntimeError saying ``what`` failed."""
         proc = subprocess.run(
             ["ip", "netns", "exec", self.bridge_ns, "nft", "-f", "-"],
             input=ruleset,
@@ -460,7 +455,7 @@ class Lan:
             check=False,
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"nft could not separate {a} and {b}: {proc.stderr.strip()}")
+            raise RuntimeError(f"nft could not {what}: {proc.stderr.strip()}")
 
     def close(self) -> None:
         """Kill our processes, delete our namespaces; never raises for what is already gone."""
