@@ -381,6 +381,14 @@ class PairingMachine(Generic[S]):
         if not self.is_finished and self._ending().ends_on_peer_close:
             self._dispatch(Local.PEER_CLOSED, code, now)
 
+    def sas_confirmed(self, now: float) -> None:
+        """The person here says the SAS words match the other device's (section 10.8)."""
+        self._local(Local.SAS_CONFIRMED, None, now)
+
+    def sas_refused(self, now: float) -> None:
+        """The person here says the SAS words differ: fail with SAS_REFUSED on both sides."""
+        self._local(Local.SAS_REFUSED, None, now)
+
     # -- for subclasses -------------------------------------------------------------
 
     def _local(self, trigger: Local, payload: Any, now: float) -> None:

@@ -224,14 +224,6 @@ class Initiator(PairingMachine[InitiatorState]):
         """
         self._local(Local.COMMIT_REFUSED, None, now)
 
-    def sas_confirmed(self, now: float) -> None:
-        """The person here says the SAS words match the other device's."""
-        self._local(Local.SAS_CONFIRMED, None, now)
-
-    def sas_refused(self, now: float) -> None:
-        """The person here says the SAS words differ: fail with SAS_REFUSED on both sides."""
-        self._local(Local.SAS_REFUSED, None, now)
-
     def answer_resolve(self, committed: bool, pairing_secret: bytes | None, now: float) -> None:
         """Answer a ResolveRequested from the registry.
 

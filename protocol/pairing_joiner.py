@@ -213,14 +213,6 @@ class Joiner(PairingMachine[JoinerState]):
         """The initiator is durably CONFIRMED: the pairing succeeded (the actor then sends FIN)."""
         self._local(Local.COMMITTED, None, now)
 
-    def sas_confirmed(self, now: float) -> None:
-        """The person here says the SAS words match the other device's."""
-        self._local(Local.SAS_CONFIRMED, None, now)
-
-    def sas_refused(self, now: float) -> None:
-        """The person here says the SAS words differ: fail with SAS_REFUSED on both sides."""
-        self._local(Local.SAS_REFUSED, None, now)
-
     @property
     def pairing_id(self) -> bytes | None:
         """The transcript hash once the PAKE ran."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quicpair.actors.pairing.device import Device, SasCheck
-from quicpair.actors.pairing.session import PairingSessionBase, SessionCrash, tell_if_alive
+from quicpair.actors.pairing.session import PairingSessionBase, SasAnswer, SessionCrash, tell_if_alive
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.quic_link import QuicLink
 from quicpair.protocol import errors
@@ -53,13 +53,6 @@ class Adopt:
     """To a spare session: this accepted pairing connection is yours (the listener counted it)."""
 
     link: QuicLink
-
-
-@dataclass(frozen=True, slots=True)
-class _SasAnswer:
-    """The person here answered the SAS check (from any thread)."""
-
-    confirmed: bool
 
 
 def attempts_summary(attempts: list[str]) -> str:
@@ -131,14 +124,6 @@ class InitiatorSession(PairingSessionBase):
         return link
 
     def on_other(self, message: Any) -> Any:
-        if isinstance(message, _SasAnswer):
-            machine = self.machine
-            if isinstance(machine, Initiator) and not machine.is_finished:
-                self.log.info("pairing.sas_answered", confirmed=message.confirmed)
-                now = self.ctx.clock()
-                machine.sas_confirmed(now) if message.confirmed else machine.sas_refused(now)
-                self.pump()
-            return None
         if isinstance(message, Adopt):
             if self._link_to_attach is not None:
                 raise RuntimeError(f"session {self.session_id} already holds a connection")
@@ -229,7 +214,7 @@ class InitiatorSession(PairingSessionBase):
             sas=event.sas,
             peer=self._held.peer,
             peer_name=event.peer_name,
-            answer=lambda yes: tell_if_alive(ref, _SasAnswer(yes)),
+            answer=lambda yes: tell_if_alive(ref, SasAnswer(yes)),
             outcome=self._outcome,
         )
         self.log.info("pairing.sas_check", sas=" ".join(event.sas), peer_name=event.peer_name)

@@ -34,7 +34,7 @@ from quicpair.actors.context import NodeContext
 from quicpair.actors.kernel.backoff import Backoff
 from quicpair.actors.kernel.loopactor import ActorTimer
 from quicpair.actors.pairing.device import CheckChain, Device, Joining, SasCheck
-from quicpair.actors.pairing.session import PairingSessionBase, tell_if_alive
+from quicpair.actors.pairing.session import PairingSessionBase, SasAnswer, tell_if_alive
 from quicpair.actors.registry.actor import DeviceRecord, DeviceState
 from quicpair.actors.transport.dial import dial
 from quicpair.actors.transport.quic_link import QuicLink
@@ -74,13 +74,6 @@ class ResolveNow:
 @dataclass(frozen=True, slots=True)
 class CallerGaveUp:
     """``Node.join``'s wait ended: abort if we have not voted; keep resolving if we have."""
-
-
-@dataclass(frozen=True, slots=True)
-class _SasAnswer:
-    """The person here answered the SAS check (from any thread)."""
-
-    confirmed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,16 +223,10 @@ class JoinerSession(PairingSessionBase):
                 # Before our vote: abort the pairing with the initiator, store nothing.
                 self.stop()
             return None
-        if isinstance(message, _SasAnswer):
-            machine = self.machine
-            if isinstance(machine, Joiner) and not machine.is_finished:
-                self.log.info("pairing.sas_answered", confirmed=message.confirmed)
-                now = self.ctx.clock()
-                machine.sas_confirmed(now) if message.confirmed else machine.sas_refused(now)
-                self._progress("waiting for the other device to confirm the words")
-                self.pump()
-            return None
         return super().on_other(message)
+
+    def on_sas_answered(self) -> None:
+        self._progress("waiting for the other device to confirm the words")
 
     def _progress(self, text: str) -> None:
         if self._joining is not None:
@@ -316,7 +303,7 @@ class JoinerSession(PairingSessionBase):
                 sas=event.sas,
                 peer=self._peer,
                 peer_name="",
-                answer=lambda yes: tell_if_alive(ref, _SasAnswer(yes)),
+                answer=lambda yes: tell_if_alive(ref, SasAnswer(yes)),
                 outcome=self.result,
             )
             self.log.info("pairing.sas_check", sas=" ".join(event.sas))

@@ -52,9 +52,9 @@ from quicpair.protocol.framing import FrameDecoder
 from quicpair.protocol.identity import NodeId
 from quicpair.protocol.keys import PairingKeys, Role
 from quicpair.protocol.messages import DeviceInfo
-from quicpair.protocol.pairing import PairingMachine
+from quicpair.protocol.pairing import Initiator, Joiner, PairingMachine
 
-__all__ = ["LINGER", "PairingSessionBase", "SessionCrash", "tell_if_alive"]
+__all__ = ["LINGER", "PairingSessionBase", "SasAnswer", "SessionCrash", "tell_if_alive"]
 
 #: After sending its last frame with FIN, a session waits this long for the
 #: peer to close before closing itself: closing at once could drop the frame
@@ -65,6 +65,13 @@ LINGER = 2.0
 @dataclass(frozen=True, slots=True)
 class _Deadline:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class SasAnswer:
+    """The person here answered the SAS check (told from any thread)."""
+
+    confirmed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +150,8 @@ class PairingSessionBase(Supervised, LoopActor):
                 self.machine.handle_timer(self.ctx.clock())
         elif isinstance(message, _WriteDone):
             self._on_write_done(message)
+        elif isinstance(message, SasAnswer):
+            self._on_sas_answer(message)
         else:
             result = self.on_other(message)
             self._check_done()
@@ -150,6 +159,17 @@ class PairingSessionBase(Supervised, LoopActor):
         self.pump()
         self._check_done()
         return None
+
+    def on_sas_answered(self) -> None:
+        """Subclass hook: the person's SAS answer went to the machine."""
+
+    def _on_sas_answer(self, message: SasAnswer) -> None:
+        machine = self.machine
+        if isinstance(machine, Initiator | Joiner) and not machine.is_finished:
+            self.log.info("pairing.sas_answered", confirmed=message.confirmed)
+            now = self.ctx.clock()
+            machine.sas_confirmed(now) if message.confirmed else machine.sas_refused(now)
+            self.on_sas_answered()
 
     def on_other(self, message: Any) -> Any:
         raise TypeError(f"{type(self).__name__} got an unexpected message {message!r}")
