@@ -268,22 +268,25 @@ class _Frames:
         return out
 
 
-async def _floor_server() -> None:
+#: Given a connection, what to do with each chunk of its stream: ``on_data(stream_id, data)``.
+OnConnection = Callable[[Any], Callable[[int, bytes], None]]
+
+
+async def serve_until_eof(alpn: str, on_connection: OnConnection, max_connections: int) -> None:
+    """A floor's server in a child process: pinned QUIC on loopback with a fresh identity, every
+    peer admitted, each connection's stream chunks to ``on_connection(link)``; prints its ready
+    line (port, pid) and serves until stdin ends."""
     from quicpair.actors.transport.listener import listen
     from quicpair.actors.transport.quic_link import QuicLink
     from quicpair.protocol.errors import ErrorCode
     from quicpair.protocol.identity import Identity
 
-    class Echo:
+    class Handler:
         def __init__(self, link: QuicLink) -> None:
-            self.link = link
-            self.frames = _Frames()
+            self.on_data = on_connection(link)
 
         def stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
-            for frame in self.frames.feed(data):
-                index = frame[0]
-                last = index == len(FLOOR_EXCHANGES) - 1
-                self.link.send(stream_id, _frame(FLOOR_EXCHANGES[index][1], index), end_stream=last)
+            self.on_data(stream_id, data)
 
         def stream_reset(self, stream_id: int, code: ErrorCode) -> None:
             pass
@@ -295,15 +298,29 @@ async def _floor_server() -> None:
         "127.0.0.1",
         0,
         Identity.generate(),
-        alpns=[FLOOR_ALPN],
+        alpns=[alpn],
         admit=lambda peer, alpn: None,
-        on_connection=lambda link: link.set_handler(Echo(link)),
-        max_connections=1024,
+        on_connection=lambda link: link.set_handler(Handler(link)),
+        max_connections=max_connections,
     )
-    print(json.dumps({"event": "ready", "port": listener.address[1]}), flush=True)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)  # until EOF
+    print(json.dumps({"event": "ready", "port": listener.address[1], "pid": os.getpid()}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
     listener.close()
+
+
+async def _floor_server() -> None:
+    def echo(link: Any) -> Callable[[int, bytes], None]:
+        frames = _Frames()
+
+        def on_data(stream_id: int, data: bytes) -> None:
+            for frame in frames.feed(data):
+                index = frame[0]
+                last = index == len(FLOOR_EXCHANGES) - 1
+                link.send(stream_id, _frame(FLOOR_EXCHANGES[index][1], index), end_stream=last)
+
+        return on_data
+
+    await serve_until_eof(FLOOR_ALPN, echo, max_connections=1024)
 
 
 class FloorClient:

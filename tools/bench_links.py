@@ -55,7 +55,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .bench import WAIT, Child, Json, Options, children, summary
+from .bench import WAIT, Child, Json, Options, children, serve_until_eof, summary
 
 __all__ = ["Netns", "run_down", "run_idle", "run_messages", "run_restart", "worker_main"]
 
@@ -307,40 +307,20 @@ def _frame(size: int, kind: int) -> bytes:
 
 
 async def _stream_server() -> None:
-    from quicpair.actors.transport.listener import listen
-    from quicpair.actors.transport.quic_link import QuicLink
-    from quicpair.protocol.errors import ErrorCode
-    from quicpair.protocol.identity import Identity
+    def sink(link: Any) -> Callable[[int, bytes], None]:
+        buffer, count = bytearray(), 0
 
-    class Sink:
-        def __init__(self, link: QuicLink) -> None:
-            self.link, self.buffer, self.count = link, bytearray(), 0
-
-        def stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
-            self.buffer += data
-            for kind in _frames(self.buffer):
-                self.count += 1
+        def on_data(stream_id: int, data: bytes) -> None:
+            nonlocal count
+            buffer.extend(data)
+            for kind in _frames(buffer):
+                count += 1
                 if kind:  # answer this one: the count so far
-                    self.link.send(stream_id, self.count.to_bytes(8, "big"))
+                    link.send(stream_id, count.to_bytes(8, "big"))
 
-        def stream_reset(self, stream_id: int, code: ErrorCode) -> None:
-            pass
+        return on_data
 
-        def closed(self, code: ErrorCode, reason: str, by_peer: bool) -> None:
-            pass
-
-    listener = await listen(
-        "127.0.0.1",
-        0,
-        Identity.generate(),
-        alpns=[STREAM_ALPN],
-        admit=lambda peer, alpn: None,
-        on_connection=lambda link: link.set_handler(Sink(link)),
-        max_connections=16,
-    )
-    print(json.dumps({"event": "ready", "port": listener.address[1], "pid": os.getpid()}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
-    listener.close()
+    await serve_until_eof(STREAM_ALPN, sink, max_connections=16)
 
 
 async def _stream_client(port: int) -> None:
