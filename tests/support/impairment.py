@@ -13,7 +13,6 @@ anything left in its namespaces anyway.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +64,4 @@ class ImpairedPath(ChildProcess):
 
     def close(self, timeout: float = STOP_TIMEOUT) -> int:
         """End stdin (its stop signal); its exit status (SIGKILL after ``timeout``)."""
-        if self.proc is None:
-            return 0
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        return self._wait_exit(timeout)
+        return self.end_stdin(timeout)

@@ -211,6 +211,15 @@ class ChildProcess:
             self.proc.send_signal(sig)
         return self._wait_exit(timeout)
 
+    def end_stdin(self, timeout: float = STOP_TIMEOUT) -> int:
+        """End its stdin (a helper process's stop signal); its exit status (SIGKILL after ``timeout``)."""
+        if self.proc is None:
+            return 0
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        return self._wait_exit(timeout)
+
     def _wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
         try:
@@ -598,9 +607,4 @@ class RelayProcess(ChildProcess):
 
     def close(self, timeout: float = STOP_TIMEOUT) -> int:
         """End stdin (the relay's stop signal); its exit status (SIGKILL after ``timeout``)."""
-        if self.proc is None:
-            return 0
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        return self._wait_exit(timeout)
+        return self.end_stdin(timeout)
