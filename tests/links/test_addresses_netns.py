@@ -26,9 +26,7 @@ skip), as CI runs as root and installs nftables (.ci/run).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +35,8 @@ from quicpair.protocol.addresses import Scope, scope_of
 from quicpair.protocol.codes import PairingUri, split_address
 from quicpair.protocol.identity import Identity
 from support.link_harness import WAIT, exchange, link, lower_of, wait_linked
-from support.netns import Host, Lan, require_netns
+from support.netnodes import NetNodes, net_fixture
+from support.netns import Host
 from support.nodeproc import NodeProcess
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration]
@@ -56,58 +55,15 @@ TIMERS = (
 MDNS = ("discovery.mdns=true",)
 
 
-class Net:
-    """The test's LANs and the nodes inside them; :meth:`close` ends all, whatever happened."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.lans: list[Lan] = []
-        self.nodes: list[NodeProcess] = []
-
-    def lan(self, n: int, stack: str) -> Lan:
-        require_netns()
-        made = Lan(n, stack=stack)
-        self.lans.append(made)
-        return made.open()
-
+class Net(NetNodes):
     def node(
         self, name: str, host: Host, settings: tuple[str, ...], *, listen: str | None = None
     ) -> NodeProcess:
         """A node in ``host`` (not launched); ``listen`` None is the default setting."""
-        node = NodeProcess(name, self.workdir, (*TIMERS, *settings), listen=listen, netns=host.ns)
-        node.home.mkdir(mode=0o700, parents=True)
-        self.nodes.append(node)
-        return node
-
-    def start(self, *nodes: NodeProcess) -> None:
-        for node in nodes:
-            node.launch()
-        for node in nodes:
-            node.wait_ready()
-
-    def close(self, *, graceful: bool) -> None:
-        try:
-            errors = []
-            for node in reversed(self.nodes):
-                try:
-                    node.close(graceful=graceful)
-                except BaseException as exc:  # every node first, then report
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
-        finally:
-            for made in reversed(self.lans):
-                made.close()
+        return self.add(NodeProcess(name, self.workdir, (*TIMERS, *settings), listen=listen, netns=host.ns))
 
 
-@pytest.fixture
-def net(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Net]:
-    failed_before = request.session.testsfailed
-    made = Net(tmp_path)
-    try:
-        yield made
-    finally:
-        made.close(graceful=request.session.testsfailed == failed_before)
+net = net_fixture(Net)
 
 
 def ordered_identities(*nodes: NodeProcess) -> None:

@@ -36,7 +36,6 @@ Needs root: without it these tests FAIL (they never skip), as CI runs as root.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,8 @@ from quicpair.protocol.advert import encode_txt, new_boot_id
 from quicpair.protocol.identity import Identity, NodeId
 from support.link_harness import WAIT, exchange, link, lower_of, wait_linked
 from support.mdns_probe import Probe
-from support.netns import Host, Lan, require_netns
+from support.netnodes import NetNodes, net_fixture
+from support.netns import Host
 from support.nodeproc import NodeProcess
 
 pytestmark = [pytest.mark.netns, pytest.mark.integration]
@@ -79,53 +79,15 @@ def setting(settings: tuple[str, ...], name: str) -> float:
 # -- the harness: nodes inside the namespaces of a Lan ---------------------------------------
 
 
-class Net:
-    """The test's LANs and the nodes inside them; :meth:`close` ends all, whatever happened."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.lans: list[Lan] = []
-        self.nodes: list[NodeProcess] = []
-
-    def lan(self, n: int) -> Lan:
-        """A new LAN of ``n`` hosts; FAILS the test (never skips) without root or `ip netns`."""
-        require_netns()
-        made = Lan(n)
-        self.lans.append(made)
-        return made.open()
-
+class Net(NetNodes):
     def node(self, name: str, host: Host, identity: Identity, settings: tuple[str, ...]) -> NodeProcess:
         """A node (not launched) in ``host``, listening on its address, with this identity."""
-        node = NodeProcess(name, self.workdir, settings, listen=f"{host.address}:0", netns=host.ns)
-        node.home.mkdir(mode=0o700, parents=True)
+        node = self.add(NodeProcess(name, self.workdir, settings, listen=f"{host.address}:0", netns=host.ns))
         identity.save(node.home / "identity.pem")
-        self.nodes.append(node)
         return node
 
-    def close(self, *, graceful: bool) -> None:
-        try:
-            errors = []
-            for node in reversed(self.nodes):
-                try:
-                    node.close(graceful=graceful)
-                except BaseException as exc:  # every node first, then report
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
-        finally:
-            for made in reversed(self.lans):
-                made.close()  # kills anything left inside, deletes the namespaces
 
-
-@pytest.fixture
-def net(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Net]:
-    failed_before = request.session.testsfailed
-    made = Net(tmp_path)
-    try:
-        yield made
-    finally:
-        # A failed test has been counted by now: its nodes are killed, not waited for.
-        made.close(graceful=request.session.testsfailed == failed_before)
+net = net_fixture(Net)
 
 
 def identities(*, alice_lower: bool) -> tuple[Identity, Identity]:
